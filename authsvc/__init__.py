@@ -1,0 +1,1 @@
+"""authsvc: sessions and tokens for high-concurrency API backends."""

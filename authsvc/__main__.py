@@ -1,0 +1,5 @@
+"""`python -m authsvc` is the `authsvc` command."""
+
+from authsvc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""The application factory: every resource is created, yielded and closed in cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from authsvc.domain.clock import Clock, system_clock
+from authsvc.domain.gate import SessionGate
+from authsvc.domain.keys import KeyRing, data_dir_keyring, generate_jwks
+from authsvc.domain.passwords import Hasher
+from authsvc.domain.service import AuthService, Policy
+from authsvc.domain.throttle import Throttle
+from authsvc.domain.tokens import AccessTokens, RefreshTokens
+from authsvc.metrics import Metrics
+from authsvc.settings import Settings
+from authsvc.store import client as redis_client
+from authsvc.store.accounts import AccountStore
+from authsvc.store.counters import CounterStore
+from authsvc.store.keys import Keys
+from authsvc.store.revocations import RevocationFeed
+from authsvc.store.scripts import Scripts
+from authsvc.store.sessions import SessionStore, SessionTimes
+from authsvc.web.context import FEED, HASHER, KEYRING, METRICS, REDIS, SERVICE, SETTINGS
+from authsvc.web.handlers import routes
+from authsvc.web.middleware import observe
+from authsvc.web.schemas import MAX_BODY
+
+log = logging.getLogger(__name__)
+
+
+def load_keyring(settings: Settings) -> KeyRing:
+    """The signing keys the settings name (see AUTHSVC_JWKS_FILE and AUTHSVC_DATA_DIR)."""
+    if settings.jwks_file is not None:
+        return KeyRing.from_file(settings.jwks_file)
+    if settings.jwt_secret is not None:
+        return KeyRing.from_secret(settings.jwt_secret)
+    if settings.embedded:
+        return KeyRing.from_jwks(generate_jwks())
+    return data_dir_keyring(settings.data_dir)
+
+
+def create_app(
+    settings: Settings, *, clock: Clock = system_clock, keyring: KeyRing | None = None
+) -> web.Application:
+    """The authsvc application for `settings`; storage is opened on start-up."""
+    app = web.Application(middlewares=[observe], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[KEYRING] = keyring or load_keyring(settings)
+    app.router.add_routes(routes)
+    app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_hasher)
+    app.cleanup_ctx.append(_service(clock))
+    return app
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if settings.redis_url is None:
+        app[REDIS] = redis_client.embedded()
+        log.info("storage: embedded (in-process fakeredis); data lasts as long as this process")
+    else:
+        app[REDIS] = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+        log.info("storage: %s", "Redis Cluster" if settings.redis_cluster else "Redis")
+    yield
+    await app[REDIS].aclose()
+
+
+async def _hasher(app: web.Application) -> AsyncIterator[None]:
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    app[HASHER] = Hasher(app[SETTINGS].bcrypt_rounds, threads or 1)
+    yield
+    await asyncio.get_running_loop().run_in_executor(None, app[HASHER].close)
+
+
+def _service(clock: Clock):  # type: ignore[no-untyped-def]
+    async def service(app: web.Application) -> AsyncIterator[None]:
+        s = app[SETTINGS]
+        client = app[REDIS]
+        keys = Keys(s.key_prefix)
+        scripts = Scripts(client)
+        sessions = SessionStore(
+            client, keys, scripts, SessionTimes(s.session_idle_ttl * 1000, s.session_max_ttl * 1000)
+        )
+        gate = SessionGate(sessions.probe, clock, recheck_after=s.access_token_ttl)
+        feed = RevocationFeed(client, keys.channel, gate.revoked)
+        gate.feed = feed
+        app[FEED] = feed
+        app[SERVICE] = AuthService(
+            accounts=AccountStore(client, keys, scripts),
+            sessions=sessions,
+            hasher=app[HASHER],
+            throttle=Throttle(
+                CounterStore(client, scripts),
+                keys,
+                clock,
+                failure_limit=s.login_failure_limit,
+                failure_window=s.login_failure_window,
+                ip_limit=s.ip_rate_limit,
+                ip_window=s.ip_rate_window,
+            ),
+            access=AccessTokens(
+                app[KEYRING], issuer=s.jwt_issuer, audience=s.jwt_audience, ttl=s.access_token_ttl
+            ),
+            refresh=RefreshTokens(app[KEYRING]),
+            gate=gate,
+            policy=Policy(s.session_limit, s.session_idle_ttl, s.session_max_ttl, s.refresh_grace),
+            clock=clock,
+            metrics=app[METRICS],
+        )
+        task = asyncio.create_task(feed.run(), name="authsvc.revocation_feed")
+        pruner = asyncio.create_task(_prune(gate, s.access_token_ttl), name="authsvc.gate_pruner")
+        # Start serving once revocations are heard (or after a short wait: until then every
+        # token is checked in Redis, which is correct, only slower).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await feed.wait_subscribed()
+        yield
+        for t in (task, pruner):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await feed.close()
+
+    return service
+
+
+async def _prune(gate: SessionGate, every: float) -> None:
+    while True:
+        await asyncio.sleep(min(every, 60.0))
+        gate.forget_expired()

@@ -1,0 +1,132 @@
+"""The command line: `authsvc serve` and `authsvc keys generate`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from multiprocessing import connection
+from pathlib import Path
+from types import FrameType
+
+from aiohttp import web
+
+from authsvc import logs
+from authsvc.app import create_app, load_keyring
+from authsvc.domain.keys import ALGORITHMS, KeySetError, generate_jwks, write_private_jwks
+from authsvc.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("authsvc")
+
+SHUTDOWN_TIMEOUT = 10.0  # seconds that requests in flight get to finish on SIGTERM
+# Large enough that an oversized Authorization header reaches authsvc and gets its JSON 401.
+HANDLER_ARGS = {"max_field_size": 65536, "max_line_size": 65536}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="authsvc", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument("--config", type=Path, help="TOML file with the same keys as AUTHSVC_*")
+    keys = commands.add_parser("keys", help="signing keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    generate = key_commands.add_parser("generate", help="write a new private JWK Set")
+    generate.add_argument("--alg", choices=ALGORITHMS, default="ES256")
+    generate.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "keys":
+        return _generate_keys(args.alg, args.out)
+    return _serve(args.host, args.port, args.workers, args.config)
+
+
+def _generate_keys(alg: str, out: Path) -> int:
+    if out.exists():
+        print(f"authsvc: {out} exists; not overwriting a key set", file=sys.stderr)
+        return 1
+    write_private_jwks(out, generate_jwks(alg))
+    print(f"wrote a private {alg} JWK Set to {out} (mode 0600)")
+    return 0
+
+
+def _serve(host: str, port: int, workers: int, config: Path | None) -> int:
+    try:
+        settings = load_settings(os.environ, config)
+        if workers < 1:
+            raise SettingsError("--workers: must be at least 1")
+        if settings.embedded and workers > 1:
+            raise SettingsError(
+                "--workers: the embedded storage lives in one process; "
+                "set AUTHSVC_REDIS_URL to run several workers"
+            )
+        load_keyring(settings)  # fail now, and create the host's key set before forking
+    except (SettingsError, KeySetError) as exc:
+        print(f"authsvc: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    if workers == 1:
+        _run_worker(settings, host, port, reuse_port=False)
+        return 0
+    return _supervise(settings, host, port, workers)
+
+
+def _run_worker(settings: Settings, host: str, port: int, *, reuse_port: bool) -> None:
+    log.info("listening", extra={"host": host, "port": port, "pid": os.getpid()})
+    web.run_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        reuse_port=reuse_port,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        access_log=None,
+        handler_args=HANDLER_ARGS,
+        print=None,
+    )
+    log.info("stopped", extra={"pid": os.getpid()})
+
+
+def _worker_main(settings: Settings, host: str, port: int) -> None:
+    logs.configure(settings.log_level, settings.log_format)
+    _run_worker(settings, host, port, reuse_port=True)
+
+
+def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
+    """Run `workers` processes on one port (SO_REUSEPORT); forward SIGTERM/SIGINT to them."""
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_worker_main, args=(settings, host, port), name=f"authsvc-{i}")
+        for i in range(workers)
+    ]
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        child.start()
+    log.info("supervising workers", extra={"workers": workers, "port": port})
+    status = 0
+    running = {child.sentinel: child for child in children}
+    while running:
+        for sentinel in connection.wait(list(running)):
+            child = running.pop(int(sentinel))  # type: ignore[arg-type]
+            child.join()
+            if child.exitcode != 0 and not stopping:
+                log.error("worker exited", extra={"worker": child.name, "exitcode": child.exitcode})
+                status = 1
+                stop(signal.SIGTERM, None)
+    return status

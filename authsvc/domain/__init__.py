@@ -1,0 +1,1 @@
+"""The domain: accounts and passwords, tokens, sessions, throttling. No HTTP here."""

@@ -1,0 +1,90 @@
+"""Admission of access tokens without a Redis round trip per request.
+
+A session is probed in Redis the first time this process sees it, then remembered as live
+until the revocation feed names it or the feed's epoch changes (a reconnect, when messages
+may have been missed). Revoked ids are remembered for one access-token lifetime, after
+which no token of theirs can still be valid."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from authsvc.domain.clock import Clock
+from authsvc.domain.errors import InvalidToken
+
+LIVE_CACHE_SIZE = 100_000
+
+
+class Feed(Protocol):
+    """What the gate needs to know of the revocation feed."""
+
+    epoch: int
+    healthy: bool
+
+
+@dataclasses.dataclass(slots=True)
+class _Live:
+    email: str
+    epoch: int
+    checked_at: float
+
+
+class SessionGate:
+    """Says whether a session is live, and whose email it carries."""
+
+    def __init__(
+        self,
+        probe: Callable[[str, str, int], Awaitable[str | None]],
+        clock: Clock,
+        *,
+        recheck_after: float,
+    ) -> None:
+        self._probe = probe
+        self._clock = clock
+        self._recheck_after = recheck_after
+        self._live: OrderedDict[str, _Live] = OrderedDict()
+        self._revoked: dict[str, float] = {}
+        self.feed: Feed | None = None
+
+    def revoked(self, session_id: str) -> None:
+        """The feed says `session_id` ended (feed callback; also called locally)."""
+        self._live.pop(session_id, None)
+        self._revoked[session_id] = self._clock() + self._recheck_after
+
+    def forget_expired(self) -> None:
+        """Drop revoked ids older than any token they could have issued."""
+        now = self._clock()
+        for session_id in [s for s, until in self._revoked.items() if until <= now]:
+            del self._revoked[session_id]
+
+    async def admit(self, user_id: str, session_id: str) -> str:
+        """The session's email if it is live; InvalidToken if it ended."""
+        if session_id in self._revoked:
+            raise InvalidToken("session ended")
+        now = self._clock()
+        feed = self.feed
+        live = self._live.get(session_id)
+        if (
+            live is not None
+            and feed is not None
+            and feed.healthy
+            and live.epoch == feed.epoch
+            and now - live.checked_at < self._recheck_after
+        ):
+            return live.email
+        epoch = feed.epoch if feed is not None else -1
+        email = await self._probe(user_id, session_id, int(now * 1000))
+        if email is None:
+            self.revoked(session_id)
+            raise InvalidToken("session ended")
+        if session_id in self._revoked:  # revoked while the probe was in flight
+            raise InvalidToken("session ended")
+        if feed is not None and feed.healthy and feed.epoch == epoch:
+            self._live[session_id] = _Live(email, epoch, now)
+            self._live.move_to_end(session_id)
+            if len(self._live) > LIVE_CACHE_SIZE:
+                self._live.popitem(last=False)
+        return email

@@ -1,0 +1,74 @@
+"""Password rules and bcrypt hashing off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import unicodedata
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import bcrypt
+
+from authsvc.domain.errors import InvalidRequest, Unavailable
+
+_T = TypeVar("_T")
+
+MIN_LENGTH = 8
+MAX_LENGTH = 256
+
+
+def normalize_password(password: str) -> str:
+    """NFC-normalize and check the length rules (8 to 256 characters)."""
+    password = unicodedata.normalize("NFC", password)
+    if not MIN_LENGTH <= len(password) <= MAX_LENGTH:
+        raise InvalidRequest(f"password must be {MIN_LENGTH} to {MAX_LENGTH} characters")
+    if "\x00" in password:
+        raise InvalidRequest("password must not contain NUL")
+    return password
+
+
+def _prehash(password: str) -> bytes:
+    # bcrypt reads at most 72 bytes. A SHA-256 digest, base64-encoded (44 bytes, no NUL),
+    # makes every character count and keeps long passwords from failing.
+    return base64.b64encode(hashlib.sha256(password.encode()).digest())
+
+
+class Hasher:
+    """bcrypt in a bounded thread pool (bcrypt releases the GIL, so threads scale).
+
+    At most `max_waiting` calls queue behind the running ones; beyond that the caller gets
+    Unavailable at once instead of an ever-growing queue."""
+
+    def __init__(self, rounds: int, threads: int, max_waiting: int = 256) -> None:
+        self._rounds = rounds
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bcrypt")
+        self._slots = asyncio.Semaphore(threads + max_waiting)
+        # Computed once at start-up: unknown emails are checked against it, so that they
+        # take as long as wrong passwords.
+        self._dummy = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds))
+
+    async def hash(self, password: str) -> str:
+        """A bcrypt hash of a normalized password."""
+        salt = bcrypt.gensalt(self._rounds)
+        digest = await self._run(bcrypt.hashpw, _prehash(password), salt)
+        return digest.decode()
+
+    async def verify(self, password: str, hashed: str | None) -> bool:
+        """Check a password; with no hash, spend the same time and answer False."""
+        ok = await self._run(
+            bcrypt.checkpw, _prehash(password), self._dummy if hashed is None else hashed.encode()
+        )
+        return ok and hashed is not None
+
+    async def _run(self, fn: Callable[..., _T], *args: bytes) -> _T:
+        if self._slots.locked():
+            raise Unavailable("too many password checks in progress", retry_after=1)
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        """Stop the threads after the running hashes finish."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,286 @@
+"""The operations of authsvc: accounts, logins, token refresh, sessions."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import unicodedata
+
+from authsvc.domain.clock import Clock
+from authsvc.domain.errors import (
+    EmailTaken,
+    InvalidCredentials,
+    InvalidGrant,
+    InvalidRequest,
+    NotFound,
+)
+from authsvc.domain.gate import SessionGate
+from authsvc.domain.passwords import Hasher, normalize_password
+from authsvc.domain.throttle import Throttle
+from authsvc.domain.tokens import AccessClaims, AccessTokens, RefreshTokens, new_id
+from authsvc.metrics import Metrics
+from authsvc.store.accounts import AccountStore
+from authsvc.store.sessions import Rotation, SessionRow, SessionStore
+
+log = logging.getLogger(__name__)
+
+MAX_EMAIL_LENGTH = 254
+MAX_USER_AGENT_LENGTH = 256
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Policy:
+    """Session limits and lifetimes, in seconds."""
+
+    session_limit: int
+    idle_ttl: int
+    max_ttl: int
+    refresh_grace: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenSet:
+    """What login and refresh return."""
+
+    access_token: str
+    expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
+    session_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller behind a valid access token."""
+
+    user_id: str
+    session_id: str
+    email: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A session as shown to its user (times in Unix seconds)."""
+
+    session_id: str
+    created_at: float
+    last_used_at: float
+    expires_at: float
+    user_agent: str | None
+    ip: str | None
+    current: bool
+
+
+def normalize_email(email: str) -> str:
+    """Trim, NFC-normalize and lower-case an email; InvalidRequest if it is not one."""
+    email = unicodedata.normalize("NFC", email.strip()).lower()
+    local, at, domain = email.rpartition("@")
+    if (
+        not at
+        or not local
+        or not domain
+        or len(email) > MAX_EMAIL_LENGTH
+        or "." not in domain.strip(".")
+        or any(c.isspace() or unicodedata.category(c)[0] == "C" for c in email)
+        or "@" in local
+    ):
+        raise InvalidRequest("email is not a valid address")
+    return email
+
+
+class AuthService:
+    """Every operation the HTTP API offers, in domain terms."""
+
+    def __init__(
+        self,
+        *,
+        accounts: AccountStore,
+        sessions: SessionStore,
+        hasher: Hasher,
+        throttle: Throttle,
+        access: AccessTokens,
+        refresh: RefreshTokens,
+        gate: SessionGate,
+        policy: Policy,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> None:
+        self._accounts = accounts
+        self._sessions = sessions
+        self._hasher = hasher
+        self._throttle = throttle
+        self._access = access
+        self._refresh = refresh
+        self._gate = gate
+        self._policy = policy
+        self._clock = clock
+        self._metrics = metrics
+
+    async def signup(self, email: str, password: str, ip: str) -> tuple[str, str]:
+        """Register an account; returns (user_id, normalized email)."""
+        email = normalize_email(email)
+        password = normalize_password(password)
+        await self._throttle.count_attempt(ip)
+        password_hash = await self._hasher.hash(password)
+        user_id = new_id()
+        created = await self._accounts.create(user_id, email, password_hash, self._now_ms())
+        if not created:
+            raise EmailTaken()
+        log.info("signup", extra={"user_id": user_id})
+        return user_id, email
+
+    async def login(self, email: str, password: str, *, ip: str, user_agent: str) -> TokenSet:
+        """Check credentials and start a session, evicting beyond the session limit."""
+        email = normalize_email(email)
+        try:
+            password = normalize_password(password)
+        except InvalidRequest:
+            # Rules apply to new passwords; a login with an impossible one just fails.
+            password = ""
+        await self._throttle.count_attempt(ip)
+        try:
+            await self._throttle.check_login(email)
+        except Exception:
+            self._metrics.logins.labels("throttled").inc()
+            raise
+        account = await self._accounts.get(email)
+        ok = await self._hasher.verify(password, account.password_hash if account else None)
+        if not ok or account is None:
+            await self._throttle.count_failure(email)
+            self._metrics.logins.labels("failure").inc()
+            raise InvalidCredentials()
+        session_id = new_id()
+        now = self._clock()
+        evicted = await self._sessions.create(
+            user_id=account.user_id,
+            session_id=session_id,
+            email=email,
+            now_ms=int(now * 1000),
+            limit=self._policy.session_limit,
+            user_agent=user_agent[:MAX_USER_AGENT_LENGTH],
+            ip=ip,
+        )
+        for victim in evicted:
+            self._gate.revoked(victim)
+        self._metrics.evictions.inc(len(evicted))
+        self._metrics.logins.labels("success").inc()
+        log.info(
+            "login",
+            extra={"user_id": account.user_id, "session_id": session_id, "evicted": len(evicted)},
+        )
+        return self._tokens(account.user_id, session_id, 0, now, now)
+
+    async def refresh(self, refresh_token: str) -> TokenSet:
+        """Rotate a refresh token (see rotate_session.lua for grace and reuse)."""
+        try:
+            claims = self._refresh.parse(refresh_token)
+        except InvalidGrant:
+            self._metrics.refreshes.labels("invalid").inc()
+            raise
+        now = self._clock()
+        result = await self._sessions.rotate(
+            user_id=claims.user_id,
+            session_id=claims.session_id,
+            generation=claims.generation,
+            now_ms=int(now * 1000),
+            grace_ms=self._policy.refresh_grace * 1000,
+        )
+        if result.outcome is Rotation.REUSED:
+            self._gate.revoked(claims.session_id)
+            self._metrics.refreshes.labels("reused").inc()
+            self._metrics.reuse_detected.inc()
+            log.warning(
+                "refresh token reuse: session revoked",
+                extra={"user_id": claims.user_id, "session_id": claims.session_id},
+            )
+            raise InvalidGrant("refresh token reused; session revoked")
+        if result.outcome is Rotation.UNKNOWN:
+            self._metrics.refreshes.labels("invalid").inc()
+            raise InvalidGrant("session expired or revoked")
+        self._metrics.refreshes.labels("success").inc()
+        return self._tokens(
+            claims.user_id, claims.session_id, result.generation, now, result.created_ms / 1000
+        )
+
+    async def authenticate(self, token: str) -> Principal:
+        """The caller behind a Bearer token; InvalidToken if it is not valid now."""
+        claims: AccessClaims = self._access.verify(token, self._clock())
+        email = await self._gate.admit(claims.user_id, claims.session_id)
+        return Principal(claims.user_id, claims.session_id, email)
+
+    async def logout(self, principal: Principal) -> None:
+        """End the caller's session."""
+        await self._end(principal.user_id, "logout", only=principal.session_id)
+
+    async def logout_all(self, principal: Principal) -> None:
+        """End every session of the caller."""
+        await self._end(principal.user_id, "logout_all")
+
+    async def end_session(self, principal: Principal, session_id: str) -> None:
+        """End one of the caller's sessions; NotFound if it is not theirs."""
+        if not await self._end(principal.user_id, "deleted", only=session_id):
+            raise NotFound("no such session")
+
+    async def change_password(self, principal: Principal, current: str, new: str) -> None:
+        """Replace the password and end every other session of the user."""
+        new = normalize_password(new)
+        account = await self._accounts.get(principal.email)
+        current = unicodedata.normalize("NFC", current)
+        ok = await self._hasher.verify(current, account.password_hash if account else None)
+        if not ok or account is None or account.user_id != principal.user_id:
+            raise InvalidCredentials("current password is wrong")
+        await self._accounts.set_password_hash(principal.email, await self._hasher.hash(new))
+        await self._end(principal.user_id, "password_change", keep=principal.session_id)
+        log.info("password changed", extra={"user_id": principal.user_id})
+
+    async def list_sessions(self, principal: Principal) -> list[SessionInfo]:
+        """The caller's live sessions, most recently used first."""
+        rows = await self._sessions.list(principal.user_id, self._now_ms())
+        return [self._info(row, principal.session_id) for row in rows]
+
+    async def ready(self) -> bool:
+        """True when storage answers."""
+        return await self._sessions.ping()
+
+    async def _end(
+        self, user_id: str, reason: str, *, only: str | None = None, keep: str = ""
+    ) -> int:
+        ended = await self._sessions.revoke(user_id, only=only, keep=keep)
+        for session_id in ended:
+            self._gate.revoked(session_id)
+        self._metrics.logouts.labels(reason).inc(len(ended))
+        log.info(
+            "sessions ended", extra={"user_id": user_id, "reason": reason, "count": len(ended)}
+        )
+        return len(ended)
+
+    def _tokens(
+        self, user_id: str, session_id: str, generation: int, now: float, created_at: float
+    ) -> TokenSet:
+        expires_at = self._expires_at(now, created_at)
+        access, expires_in = self._access.issue(user_id, session_id, now, expires_at)
+        return TokenSet(
+            access_token=access,
+            expires_in=expires_in,
+            refresh_token=self._refresh.issue(user_id, session_id, generation),
+            refresh_expires_in=max(0, int(expires_at - now)),
+            session_id=session_id,
+        )
+
+    def _expires_at(self, last_used_at: float, created_at: float) -> float:
+        return min(last_used_at + self._policy.idle_ttl, created_at + self._policy.max_ttl)
+
+    def _info(self, row: SessionRow, current: str) -> SessionInfo:
+        created, used = row.created_ms / 1000, row.last_used_ms / 1000
+        return SessionInfo(
+            session_id=row.session_id,
+            created_at=created,
+            last_used_at=used,
+            expires_at=self._expires_at(used, created),
+            user_agent=row.user_agent or None,
+            ip=row.ip or None,
+            current=row.session_id == current,
+        )
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)

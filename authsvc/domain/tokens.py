@@ -1,0 +1,159 @@
+"""Access tokens (JWT, `typ: at+jwt`) and refresh tokens (opaque, MACed, rotating)."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import re
+import secrets
+from typing import Any
+
+import jwt
+
+from authsvc.domain.errors import InvalidGrant, InvalidToken
+from authsvc.domain.keys import KeyRing
+
+MAX_ACCESS_TOKEN_LENGTH = 4096
+MAX_REFRESH_TOKEN_LENGTH = 256
+VERIFIED_CACHE_SIZE = 16_384
+_REQUIRED_CLAIMS = ["iss", "aud", "sub", "sid", "iat", "exp", "jti"]
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_GENERATION = re.compile(r"0|[1-9][0-9]{0,11}")
+
+
+def new_id() -> str:
+    """A random 128-bit identifier, URL-safe (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AccessClaims:
+    """What a verified access token says."""
+
+    user_id: str
+    session_id: str
+    expires_at: int
+
+
+class AccessTokens:
+    """Issue and verify access tokens with a key ring."""
+
+    def __init__(self, keys: KeyRing, *, issuer: str, audience: str, ttl: int) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._ttl = ttl
+        # Tokens whose signature and claims were checked; only expiry is re-checked.
+        self._verified: dict[str, AccessClaims] = {}
+
+    def issue(
+        self, user_id: str, session_id: str, now: float, session_expires_at: float
+    ) -> tuple[str, int]:
+        """A token for the session and its lifetime in seconds: the TTL, or what is left of
+        the session if that is shorter."""
+        key = self._keys.signing
+        iat = int(now)
+        exp = min(iat + self._ttl, int(session_expires_at))
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": user_id,
+            "sid": session_id,
+            "iat": iat,
+            "exp": exp,
+            "jti": new_id(),
+        }
+        token = jwt.encode(claims, key.signer, key.alg, headers={"typ": "at+jwt", "kid": key.kid})
+        return token, exp - iat
+
+    def verify(self, token: str, now: float) -> AccessClaims:
+        """The claims of a valid token; InvalidToken otherwise."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._decode(token, now)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = claims
+        if now >= claims.expires_at:
+            raise InvalidToken("token expired")
+        return claims
+
+    def _decode(self, token: str, now: float) -> AccessClaims:
+        if len(token) > MAX_ACCESS_TOKEN_LENGTH:
+            raise InvalidToken("token too long")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("malformed token") from None
+        key = self._keys.by_kid.get(header.get("kid"))  # type: ignore[arg-type]
+        if key is None or header.get("alg") != key.alg or header.get("typ") != "at+jwt":
+            raise InvalidToken("token not issued here")
+        try:
+            payload: dict[str, Any] = jwt.decode(
+                token,
+                key.verifier,
+                algorithms=[key.alg],
+                audience=self._audience,
+                issuer=self._issuer,
+                # Time is checked below against the injectable clock.
+                options={"require": _REQUIRED_CLAIMS, "verify_exp": False, "verify_iat": False},
+            )
+        except jwt.PyJWTError:
+            raise InvalidToken("invalid token") from None
+        sub, sid, iat, exp = payload["sub"], payload["sid"], payload["iat"], payload["exp"]
+        if not (isinstance(sub, str) and isinstance(sid, str) and _ID.fullmatch(sid)):
+            raise InvalidToken("invalid token")
+        if not (isinstance(iat, int) and isinstance(exp, int)) or exp - iat > self._ttl:
+            raise InvalidToken("invalid token lifetime")
+        if iat > now + 60:
+            raise InvalidToken("token issued in the future")
+        return AccessClaims(sub, sid, exp)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RefreshClaims:
+    """What a refresh token names: a session and a generation of its token chain."""
+
+    user_id: str
+    session_id: str
+    generation: int
+
+
+class RefreshTokens:
+    """Refresh tokens `<user>.<session>.<generation>.<mac>`.
+
+    The MAC key comes from the key ring, never from Redis, so a token is checked before
+    storage is touched (a forged one cannot revoke anything) and a successor is re-derived,
+    not stored: retries within the grace window get the very same string."""
+
+    def __init__(self, keys: KeyRing) -> None:
+        self._mac_keys = [k.mac_key for k in keys.keys]
+
+    def issue(self, user_id: str, session_id: str, generation: int) -> str:
+        """The token for one generation of a session."""
+        body = f"{user_id}.{session_id}.{generation}"
+        return f"{body}.{_mac(self._mac_keys[0], body)}"
+
+    def parse(self, token: str) -> RefreshClaims:
+        """The claims of an authentic token; InvalidGrant otherwise."""
+        if len(token) > MAX_REFRESH_TOKEN_LENGTH:
+            raise InvalidGrant("malformed refresh token")
+        parts = token.split(".")
+        if len(parts) != 4:
+            raise InvalidGrant("malformed refresh token")
+        user_id, session_id, generation, mac = parts
+        if not (_ID.fullmatch(user_id) and _ID.fullmatch(session_id)) or not _GENERATION.fullmatch(
+            generation
+        ):
+            raise InvalidGrant("malformed refresh token")
+        body = f"{user_id}.{session_id}.{generation}"
+        if not any(hmac.compare_digest(_mac(key, body), mac) for key in self._mac_keys):
+            raise InvalidGrant("invalid refresh token")
+        return RefreshClaims(user_id, session_id, int(generation))
+
+
+def _mac(key: bytes, body: str) -> str:
+    digest = hmac.new(key, body.encode(), hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()

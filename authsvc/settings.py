@@ -1,0 +1,154 @@
+"""Typed settings from `AUTHSVC_*` environment variables and an optional TOML file."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PREFIX = "AUTHSVC_"
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything authsvc can be configured with. Field `x` is variable `AUTHSVC_X`."""
+
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    key_prefix: str = "authsvc"
+    session_limit: int = 5
+    access_token_ttl: int = 900
+    session_idle_ttl: int = 1_209_600
+    session_max_ttl: int = 2_592_000
+    refresh_grace: int = 10
+    bcrypt_rounds: int = 12
+    jwks_file: Path | None = None
+    jwt_secret: str | None = dataclasses.field(default=None, repr=False)
+    data_dir: Path = Path(".authsvc")
+    jwt_issuer: str = "authsvc"
+    jwt_audience: str = "authsvc"
+    login_failure_limit: int = 10
+    login_failure_window: int = 900
+    ip_rate_limit: int = 300
+    ip_rate_window: int = 60
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    log_level: str = "info"
+    log_format: str = "json"
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured and storage runs in-process."""
+        return self.redis_url is None
+
+
+# (minimum, maximum) for integer settings.
+_BOUNDS: dict[str, tuple[int, int]] = {
+    "session_limit": (1, 1000),
+    "access_token_ttl": (10, 86_400),
+    "session_idle_ttl": (60, 31_536_000),
+    "session_max_ttl": (60, 315_360_000),
+    "refresh_grace": (0, 300),
+    "bcrypt_rounds": (4, 31),
+    "login_failure_limit": (1, 1_000_000),
+    "login_failure_window": (1, 86_400),
+    "ip_rate_limit": (0, 1_000_000),
+    "ip_rate_window": (1, 86_400),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "log_level": ("debug", "info", "warning", "error"),
+    "log_format": ("json", "text"),
+}
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+ENV_VARS = frozenset(PREFIX + name.upper() for name in _FIELDS)
+
+
+def load_settings(env: Mapping[str, str], config_file: Path | None = None) -> Settings:
+    """Build settings from a TOML file (keys as lower-case field names) overlaid by `env`."""
+    raw: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            table = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"--config {config_file}: {exc}") from None
+        for key, value in table.items():
+            name = key.lower().removeprefix(PREFIX.lower())
+            if name not in _FIELDS:
+                raise SettingsError(f"--config {config_file}: unknown key {key!r}")
+            raw[name] = value
+    for key, value in env.items():
+        if key.startswith(PREFIX) and key != PREFIX + "CONFIG":
+            name = key[len(PREFIX) :].lower()
+            if name not in _FIELDS:
+                raise SettingsError(f"{key}: unknown setting")
+            raw[name] = value
+    values = {name: _convert(name, value) for name, value in raw.items()}
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _convert(name: str, value: Any) -> Any:
+    var = PREFIX + name.upper()
+    kind = _FIELDS[name].type
+    text = str(value).strip()
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{var}: expected 0 or 1, got {text!r}")
+    if kind == "int":
+        try:
+            number = int(value) if not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if number is None:
+            raise SettingsError(f"{var}: expected a whole number, got {text!r}")
+        low, high = _BOUNDS[name]
+        if not low <= number <= high:
+            raise SettingsError(f"{var}: must be between {low} and {high}, got {number}")
+        return number
+    if name == "trusted_proxies":
+        items = value if isinstance(value, list) else text.replace(",", " ").split()
+        try:
+            return tuple(ipaddress.ip_network(str(item), strict=False) for item in items)
+        except ValueError as exc:
+            raise SettingsError(f"{var}: {exc}") from None
+    if kind in ("Path", "Path | None"):
+        if not text:
+            raise SettingsError(f"{var}: must not be empty")
+        return Path(text)
+    if name in _CHOICES:
+        text = text.lower()
+        if text not in _CHOICES[name]:
+            raise SettingsError(f"{var}: expected one of {', '.join(_CHOICES[name])}, got {text!r}")
+        return text
+    if not text and name != "jwt_secret":
+        raise SettingsError(f"{var}: must not be empty")
+    return str(value) if name == "jwt_secret" else text
+
+
+def _check(s: Settings) -> None:
+    if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://")):
+        raise SettingsError("AUTHSVC_REDIS_URL: must start with redis:// or rediss://")
+    if s.redis_cluster and s.redis_url is None:
+        raise SettingsError("AUTHSVC_REDIS_CLUSTER: needs AUTHSVC_REDIS_URL")
+    if s.jwt_secret is not None and s.jwks_file is not None:
+        raise SettingsError("AUTHSVC_JWT_SECRET: set either it or AUTHSVC_JWKS_FILE, not both")
+    if s.jwt_secret is not None and len(s.jwt_secret.encode()) < 32:
+        raise SettingsError("AUTHSVC_JWT_SECRET: must be at least 32 bytes")
+    if s.session_max_ttl < s.session_idle_ttl:
+        raise SettingsError(
+            "AUTHSVC_SESSION_MAX_TTL: must not be shorter than AUTHSVC_SESSION_IDLE_TTL"
+        )
+    if any(c in s.key_prefix for c in "{} \t\r\n"):
+        raise SettingsError("AUTHSVC_KEY_PREFIX: must not contain braces or white space")

@@ -1,0 +1,1 @@
+"""Storage: the Redis client, key names, Lua scripts and the revocation feed."""

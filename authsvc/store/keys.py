@@ -1,0 +1,45 @@
+"""Every Redis key name authsvc uses. All of one user's keys share the hash tag `{u:<id>}`,
+and an account's keys share `{e:<email digest>}`, so each script touches one cluster slot."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+class Keys:
+    """Key names under one prefix."""
+
+    __slots__ = ("channel", "prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.channel = f"{prefix}:revocations"
+
+    def session_index(self, user_id: str) -> str:
+        """Sorted set of the user's session ids, scored by last_used_at (ms)."""
+        return f"{self.prefix}:{{u:{user_id}}}:s"
+
+    def session(self, user_id: str, session_id: str) -> str:
+        """Hash of one session; the scripts derive it as `session_index + ':' + id`."""
+        return f"{self.prefix}:{{u:{user_id}}}:s:{session_id}"
+
+    def user(self, user_id: str) -> str:
+        """Hash of per-user data that the session scripts need (the email)."""
+        return f"{self.prefix}:{{u:{user_id}}}:user"
+
+    def account(self, email: str) -> str:
+        """Hash of the account registered under a normalized email."""
+        return f"{self.prefix}:{{e:{_digest(email)}}}:account"
+
+    def login_failures(self, email: str, window: int) -> str:
+        """Counter of failed logins for an email (registered or not) in one window."""
+        return f"{self.prefix}:{{e:{_digest(email)}}}:fails:{window}"
+
+    def ip_attempts(self, ip: str, window: int) -> str:
+        """Counter of login and signup attempts from one client address in one window."""
+        return f"{self.prefix}:{{ip:{ip}}}:attempts:{window}"
+
+
+def _digest(email: str) -> str:
+    # Keeps addresses out of key names (and MONITOR output) and bounds key length.
+    return hashlib.sha256(email.encode()).hexdigest()[:32]

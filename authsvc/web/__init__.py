@@ -1,0 +1,1 @@
+"""HTTP layer: routes, handlers, middleware, request schemas, errors, OpenAPI."""

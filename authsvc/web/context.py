@@ -1,0 +1,21 @@
+"""Typed application keys: everything handlers and middleware reach through the app."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from authsvc.domain.keys import KeyRing
+from authsvc.domain.passwords import Hasher
+from authsvc.domain.service import AuthService
+from authsvc.metrics import Metrics
+from authsvc.settings import Settings
+from authsvc.store.client import Client
+from authsvc.store.revocations import RevocationFeed
+
+SETTINGS = web.AppKey("authsvc.settings", Settings)
+SERVICE = web.AppKey("authsvc.service", AuthService)
+KEYRING = web.AppKey("authsvc.keyring", KeyRing)
+METRICS = web.AppKey("authsvc.metrics", Metrics)
+REDIS: web.AppKey[Client] = web.AppKey("authsvc.redis")
+HASHER = web.AppKey("authsvc.hasher", Hasher)
+FEED = web.AppKey("authsvc.revocation_feed", RevocationFeed)

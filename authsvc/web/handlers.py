@@ -1,0 +1,177 @@
+"""Request handlers: read the request, call the domain, write the response."""
+
+from __future__ import annotations
+
+import datetime
+from importlib import resources
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from authsvc.domain.errors import InvalidToken, Unavailable
+from authsvc.domain.service import Principal, TokenSet
+from authsvc.domain.tokens import MAX_ACCESS_TOKEN_LENGTH
+from authsvc.web.client_ip import client_ip
+from authsvc.web.context import KEYRING, METRICS, SERVICE, SETTINGS
+from authsvc.web.responses import json_response
+from authsvc.web.schemas import Credentials, PasswordChange, RefreshRequest, read_body
+
+routes = web.RouteTableDef()
+_OPENAPI = resources.files("authsvc.web").joinpath("openapi.json").read_bytes()
+
+
+def _ip(request: web.Request) -> str:
+    return client_ip(
+        request.remote,
+        request.headers.get("X-Forwarded-For"),
+        request.app[SETTINGS].trusted_proxies,
+    )
+
+
+async def _principal(request: web.Request) -> Principal:
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise InvalidToken("Bearer token required", presented=False)
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_ACCESS_TOKEN_LENGTH:
+        raise InvalidToken("malformed Authorization header")
+    return await request.app[SERVICE].authenticate(token.strip())
+
+
+def _tokens(tokens: TokenSet) -> web.Response:
+    return json_response(
+        {
+            "access_token": tokens.access_token,
+            "token_type": "Bearer",
+            "expires_in": tokens.expires_in,
+            "refresh_token": tokens.refresh_token,
+            "refresh_expires_in": tokens.refresh_expires_in,
+            "session_id": tokens.session_id,
+        }
+    )
+
+
+def _rfc3339(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@routes.post("/v1/auth/signup")
+async def signup(request: web.Request) -> web.Response:
+    body = await read_body(request, Credentials)
+    user_id, email = await request.app[SERVICE].signup(body.email, body.password, _ip(request))
+    return json_response({"user_id": user_id, "email": email}, status=201)
+
+
+@routes.post("/v1/auth/login")
+async def login(request: web.Request) -> web.Response:
+    body = await read_body(request, Credentials)
+    tokens = await request.app[SERVICE].login(
+        body.email,
+        body.password,
+        ip=_ip(request),
+        user_agent=request.headers.get("User-Agent", ""),
+    )
+    return _tokens(tokens)
+
+
+@routes.post("/v1/auth/refresh")
+async def refresh(request: web.Request) -> web.Response:
+    body = await read_body(request, RefreshRequest)
+    return _tokens(await request.app[SERVICE].refresh(body.refresh_token))
+
+
+@routes.post("/v1/auth/logout")
+async def logout(request: web.Request) -> web.Response:
+    await request.app[SERVICE].logout(await _principal(request))
+    return web.Response(status=204)
+
+
+@routes.post("/v1/auth/logout-all")
+async def logout_all(request: web.Request) -> web.Response:
+    await request.app[SERVICE].logout_all(await _principal(request))
+    return web.Response(status=204)
+
+
+@routes.post("/v1/auth/password")
+async def change_password(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await read_body(request, PasswordChange)
+    await request.app[SERVICE].change_password(principal, body.current_password, body.new_password)
+    return web.Response(status=204)
+
+
+@routes.get("/v1/me")
+async def me(request: web.Request) -> web.Response:
+    p = await _principal(request)
+    return json_response({"user_id": p.user_id, "email": p.email, "session_id": p.session_id})
+
+
+@routes.get("/v1/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    sessions = await request.app[SERVICE].list_sessions(await _principal(request))
+    return json_response(
+        {
+            "sessions": [
+                {
+                    "session_id": s.session_id,
+                    "created_at": _rfc3339(s.created_at),
+                    "last_used_at": _rfc3339(s.last_used_at),
+                    "expires_at": _rfc3339(s.expires_at),
+                    "user_agent": s.user_agent,
+                    "ip": s.ip,
+                    "current": s.current,
+                }
+                for s in sessions
+            ]
+        }
+    )
+
+
+@routes.delete("/v1/sessions/{session_id}")
+async def delete_session(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    await request.app[SERVICE].end_session(principal, request.match_info["session_id"])
+    return web.Response(status=204)
+
+
+@routes.get("/v1/auth/verify")
+async def verify(request: web.Request) -> web.Response:
+    p = await _principal(request)
+    return web.Response(
+        status=200, headers={"X-Auth-User-Id": p.user_id, "X-Auth-Session-Id": p.session_id}
+    )
+
+
+@routes.get("/.well-known/jwks.json")
+async def jwks(request: web.Request) -> web.Response:
+    response = json_response(request.app[KEYRING].public_jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        ready = await request.app[SERVICE].ready()
+    except Exception:
+        ready = False
+    if not ready:
+        raise Unavailable("storage does not answer", retry_after=1)
+    return json_response({"status": "ready"})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_OPENAPI, content_type="application/json")

@@ -1,0 +1,82 @@
+"""One middleware around every request: request id, errors as JSON, metrics, access log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from redis.exceptions import RedisError
+
+from authsvc.domain.errors import (
+    AuthError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unavailable,
+)
+from authsvc.web.context import METRICS
+from authsvc.web.responses import error_response
+
+log = logging.getLogger("authsvc.access")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run the handler; turn every failure into the contract's JSON error; measure; log."""
+    started = time.perf_counter()
+    request_id = request.headers.get("X-Request-Id", "")
+    if not _REQUEST_ID.fullmatch(request_id):
+        request_id = uuid.uuid4().hex
+    metrics = request.app[METRICS]
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    try:
+        response = await handler(request)
+    except AuthError as exc:
+        response = error_response(exc)
+        if isinstance(exc, RateLimited):
+            metrics.throttled.labels(route).inc()
+    except web.HTTPException as exc:
+        response = error_response(_from_http(exc))
+    except (RedisError, OSError) as exc:
+        metrics.redis_errors.inc()
+        log.warning("storage unavailable: %s", type(exc).__name__, extra={"request_id": request_id})
+        response = error_response(Unavailable(retry_after=1))
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id})
+        response = error_response(AuthError())
+    response.headers["X-Request-Id"] = request_id
+    elapsed = time.perf_counter() - started
+    metrics.requests.labels(route, response.status).inc()
+    metrics.latency.labels(route).observe(elapsed)
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "route": route,
+                "status": response.status,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )
+    return response
+
+
+def _from_http(exc: web.HTTPException) -> AuthError:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(", ".join(sorted(exc.allowed_methods)))
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound()
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge()
+    error = AuthError(exc.reason)
+    error.status = exc.status
+    error.code = "invalid_request" if 400 <= exc.status < 500 else "internal_error"
+    return error

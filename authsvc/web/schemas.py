@@ -1,0 +1,57 @@
+"""Request bodies: reading, size and type checks, and typed decoding."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+from aiohttp import web
+
+from authsvc.domain.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+MAX_BODY = 64 * 1024
+
+
+class Credentials(msgspec.Struct, frozen=True):
+    """Signup and login."""
+
+    email: str
+    password: str
+
+
+class RefreshRequest(msgspec.Struct, frozen=True):
+    """Refresh."""
+
+    refresh_token: str
+
+
+class PasswordChange(msgspec.Struct, frozen=True):
+    """Password change."""
+
+    current_password: str
+    new_password: str
+
+
+_Body = TypeVar("_Body", Credentials, RefreshRequest, PasswordChange)
+_DECODERS: dict[type, msgspec.json.Decoder[object]] = {
+    kind: msgspec.json.Decoder(kind) for kind in (Credentials, RefreshRequest, PasswordChange)
+}
+
+
+async def read_body(request: web.Request, kind: type[_Body]) -> _Body:
+    """The request's JSON body as `kind`: 413 first, then 415, then 400."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise PayloadTooLarge()
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge() from None
+    try:
+        body: _Body = _DECODERS[kind].decode(raw)  # type: ignore[assignment]
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(str(exc).replace("`", "'")) from None
+    except (msgspec.DecodeError, RecursionError):
+        raise InvalidRequest("body is not valid JSON") from None
+    return body

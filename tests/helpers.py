@@ -1,0 +1,50 @@
+"""Small helpers that drive the API the way a client would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+Client = TestClient[web.Request, web.Application]
+PASSWORD = "correct horse battery"
+
+
+async def signup(client: Client, email: str, password: str = PASSWORD) -> str:
+    """Register and return the user id."""
+    response = await client.post("/v1/auth/signup", json={"email": email, "password": password})
+    assert response.status == 201, await response.text()
+    body: dict[str, str] = await response.json()
+    return body["user_id"]
+
+
+async def login(
+    client: Client, email: str, password: str = PASSWORD, **headers: str
+) -> dict[str, Any]:
+    """Log in and return the token response."""
+    response = await client.post(
+        "/v1/auth/login", json={"email": email, "password": password}, headers=headers
+    )
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def refresh(client: Client, refresh_token: str) -> tuple[int, dict[str, Any]]:
+    """Present a refresh token; returns status and body."""
+    response = await client.post("/v1/auth/refresh", json={"refresh_token": refresh_token})
+    body: dict[str, Any] = await response.json()
+    return response.status, body
+
+
+def bearer(tokens: dict[str, Any]) -> dict[str, str]:
+    """The Authorization header for a token response."""
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+async def me_status(client: Client, tokens: dict[str, Any]) -> int:
+    """The status of GET /v1/me with the response's access token."""
+    response = await client.get("/v1/me", headers=bearer(tokens))
+    await response.read()
+    return response.status

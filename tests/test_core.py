@@ -1,0 +1,130 @@
+"""The core flows on a real Redis: signup, login with the session limit, refresh, logout."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from authsvc.domain.clock import FrozenClock
+from authsvc.settings import Settings
+from tests.conftest import ClientFactory, with_
+from tests.helpers import PASSWORD, Client, bearer, login, me_status, refresh, signup
+
+
+async def test_signup_login_me_refresh_logout(client: Client) -> None:
+    user_id = await signup(client, "  Alice@Example.COM ")
+    tokens = await login(client, "alice@example.com")
+    assert tokens["token_type"] == "Bearer"
+    assert tokens["expires_in"] == 900
+    me = await client.get("/v1/me", headers=bearer(tokens))
+    assert await me.json() == {
+        "user_id": user_id,
+        "email": "alice@example.com",
+        "session_id": tokens["session_id"],
+    }
+    status, renewed = await refresh(client, tokens["refresh_token"])
+    assert status == 200
+    assert renewed["refresh_token"] != tokens["refresh_token"]
+    assert renewed["session_id"] == tokens["session_id"]
+    logout = await client.post("/v1/auth/logout", headers=bearer(renewed))
+    assert logout.status == 204
+    assert await me_status(client, renewed) == 401
+    assert (await refresh(client, renewed["refresh_token"]))[0] == 401
+
+
+async def test_signup_with_registered_email_in_other_case_is_409(client: Client) -> None:
+    await signup(client, "bob@example.com")
+    response = await client.post(
+        "/v1/auth/signup", json={"email": "BOB@example.com", "password": PASSWORD}
+    )
+    assert response.status == 409
+    assert (await response.json())["error"] == "email_taken"
+
+
+async def test_concurrent_signups_of_one_email_register_it_once(client: Client) -> None:
+    responses = await asyncio.gather(
+        *(
+            client.post("/v1/auth/signup", json={"email": "race@example.com", "password": PASSWORD})
+            for _ in range(20)
+        )
+    )
+    assert sorted(r.status for r in responses) == [201] + [409] * 19
+
+
+async def test_wrong_password_and_unknown_email_answer_alike(client: Client) -> None:
+    await signup(client, "carol@example.com")
+    wrong = await client.post(
+        "/v1/auth/login", json={"email": "carol@example.com", "password": "wrong password"}
+    )
+    unknown = await client.post(
+        "/v1/auth/login", json={"email": "nobody@example.com", "password": "wrong password"}
+    )
+    assert wrong.status == unknown.status == 401
+    assert await wrong.json() == await unknown.json()
+    ignore = {"Date", "X-Request-Id"}
+    assert {k for k in wrong.headers if k not in ignore} == {
+        k for k in unknown.headers if k not in ignore
+    }
+
+
+async def test_concurrent_logins_leave_exactly_the_limit_and_no_orphans(
+    client: Client, settings: Settings
+) -> None:
+    user_id = await signup(client, "dave@example.com")
+    results = await asyncio.gather(*(login(client, "dave@example.com") for _ in range(200)))
+    assert len({r["session_id"] for r in results}) == 200
+    r = aioredis.Redis.from_url(settings.redis_url or "", decode_responses=True)
+    index = f"{settings.key_prefix}:{{u:{user_id}}}:s"
+    members = await r.zrange(index, 0, -1)
+    hashes = [k async for k in r.scan_iter(f"{index}:*")]
+    await r.aclose()
+    assert len(members) == settings.session_limit
+    assert sorted(k.rsplit(":", 1)[1] for k in hashes) == sorted(members)
+    live = [t for t in results if await me_status(client, t) == 200]
+    assert sorted(t["session_id"] for t in live) == sorted(members)
+
+
+async def test_login_beyond_limit_evicts_least_recently_used(
+    make_client: ClientFactory, settings: Settings, clock: FrozenClock
+) -> None:
+    client = await make_client(with_(settings, session_limit=3))
+    await signup(client, "erin@example.com")
+    sessions = []
+    for _ in range(3):
+        sessions.append(await login(client, "erin@example.com"))
+        clock.advance(1)
+    # Refreshing the oldest makes the second one the least recently used.
+    status, sessions[0] = await refresh(client, sessions[0]["refresh_token"])
+    assert status == 200
+    clock.advance(1)
+    fourth = await login(client, "erin@example.com")
+    assert [await me_status(client, t) for t in (*sessions, fourth)] == [200, 401, 200, 200]
+    listed = await client.get("/v1/sessions", headers=bearer(fourth))
+    ids = [s["session_id"] for s in (await listed.json())["sessions"]]
+    assert ids == [fourth["session_id"], sessions[0]["session_id"], sessions[2]["session_id"]]
+
+
+async def test_passwords_differing_after_byte_72_are_different(client: Client) -> None:
+    base = "é" * 40  # 80 bytes of UTF-8
+    await signup(client, "frank@example.com", base + "A")
+    ok = await client.post(
+        "/v1/auth/login", json={"email": "frank@example.com", "password": base + "A"}
+    )
+    bad = await client.post(
+        "/v1/auth/login", json={"email": "frank@example.com", "password": base + "B"}
+    )
+    assert (ok.status, bad.status) == (200, 401)
+
+
+async def test_password_is_nfc_normalized(client: Client) -> None:
+    await signup(client, "gina@example.com", "cafe\u0301 au lait")
+    tokens = await login(client, "gina@example.com", "caf\u00e9 au lait")
+    assert tokens["session_id"]
+
+
+async def test_health_and_readiness(client: Client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert ready.headers["X-Request-Id"]
