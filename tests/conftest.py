@@ -102,7 +102,7 @@ def keyring() -> KeyRing:
 
 @pytest.fixture
 def clock() -> FrozenClock:
-    return FrozenClock(time.time())
+    return FrozenClock(float(int(time.time())))
 
 
 @pytest.fixture
