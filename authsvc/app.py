@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -32,6 +33,10 @@ from authsvc.web.middleware import observe
 from authsvc.web.schemas import MAX_BODY
 
 log = logging.getLogger(__name__)
+
+# Server limits for every way of serving the app: large enough that an oversized
+# Authorization header reaches authsvc and gets its JSON 401 instead of aiohttp's bare 400.
+HANDLER_ARGS: dict[str, Any] = {"max_field_size": 65536, "max_line_size": 65536}
 
 
 def load_keyring(settings: Settings) -> KeyRing:

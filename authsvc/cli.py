@@ -16,15 +16,13 @@ from types import FrameType
 from aiohttp import web
 
 from authsvc import logs
-from authsvc.app import create_app, load_keyring
+from authsvc.app import HANDLER_ARGS, create_app, load_keyring
 from authsvc.domain.keys import ALGORITHMS, KeySetError, generate_jwks, write_private_jwks
 from authsvc.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("authsvc")
 
 SHUTDOWN_TIMEOUT = 10.0  # seconds that requests in flight get to finish on SIGTERM
-# Large enough that an oversized Authorization header reaches authsvc and gets its JSON 401.
-HANDLER_ARGS = {"max_field_size": 65536, "max_line_size": 65536}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,14 +17,22 @@ import pytest
 import redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 
-from authsvc.app import create_app
+from authsvc.app import HANDLER_ARGS, create_app
 from authsvc.domain.clock import FrozenClock
 from authsvc.domain.keys import KeyRing, generate_jwks
 from authsvc.settings import Settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 _prefixes = itertools.count()
+
+
+class ServingTestServer(TestServer):
+    """A test server with the server limits that `authsvc serve` uses."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return web.AppRunner(self.app, **kwargs, **HANDLER_ARGS)
 
 
 def free_port() -> int:
@@ -126,7 +134,7 @@ def make_client(aiohttp_client: Any, clock: FrozenClock, keyring: KeyRing) -> Cl
         kwargs.setdefault("keyring", keyring)
         app = create_app(s, **kwargs)
         client: TestClient[web.Request, web.Application] = await aiohttp_client(
-            TestServer(app, host="127.0.0.1")
+            ServingTestServer(app, host="127.0.0.1")
         )
         return client
 

@@ -52,6 +52,6 @@ async def read_body(request: web.Request, kind: type[_Body]) -> _Body:
         body: _Body = _DECODERS[kind].decode(raw)  # type: ignore[assignment]
     except msgspec.ValidationError as exc:
         raise InvalidRequest(str(exc).replace("`", "'")) from None
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise InvalidRequest("body is not valid JSON") from None
     return body
