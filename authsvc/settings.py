@@ -83,7 +83,7 @@ def load_settings(env: Mapping[str, str], config_file: Path | None = None) -> Se
                 raise SettingsError(f"--config {config_file}: unknown key {key!r}")
             raw[name] = value
     for key, value in env.items():
-        if key.startswith(PREFIX) and key != PREFIX + "CONFIG":
+        if key.startswith(PREFIX):
             name = key[len(PREFIX) :].lower()
             if name not in _FIELDS:
                 raise SettingsError(f"{key}: unknown setting")

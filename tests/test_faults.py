@@ -1,0 +1,132 @@
+"""Faults: a lost script cache, a Redis outage and recovery, SIGTERM under load, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from authsvc.settings import Settings
+from tests.conftest import ClientFactory, RedisServer, with_
+from tests.helpers import Client, bearer, login, me_status, refresh, signup
+from tests.process import Service
+
+
+async def test_flushed_script_cache_is_reloaded_transparently(
+    client: Client, settings: Settings
+) -> None:
+    await signup(client, "flush@example.com")
+    tokens = await login(client, "flush@example.com")
+    r = aioredis.Redis.from_url(settings.redis_url or "")
+    await r.script_flush()
+    await r.aclose()
+    status, tokens = await refresh(client, tokens["refresh_token"])
+    assert status == 200
+    await login(client, "flush@example.com")
+
+
+async def test_redis_outage_answers_503_quickly_and_recovers_without_restart(
+    make_client: ClientFactory, settings: Settings, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        client = await make_client(with_(settings, redis_url=server.url))
+        await signup(client, "outage@example.com")
+        tokens = await login(client, "outage@example.com")
+        assert await me_status(client, tokens) == 200
+        server.stop()
+
+        for method, path, body in [
+            ("POST", "/v1/auth/login", {"email": "outage@example.com", "password": "whatever1"}),
+            ("POST", "/v1/auth/refresh", {"refresh_token": tokens["refresh_token"]}),
+            ("GET", "/v1/me", None),
+            ("GET", "/readyz", None),
+        ]:
+            started = time.monotonic()
+            response = await client.request(method, path, json=body, headers=bearer(tokens))
+            assert time.monotonic() - started < 2.0
+            assert response.status == 503, (path, await response.text())
+            assert (await response.json())["error"] == "unavailable"
+            assert response.headers["Retry-After"]
+        assert (await client.get("/healthz")).status == 200
+
+        server.start()  # same port, empty data set
+        deadline = time.monotonic() + 10
+        while (await client.get("/readyz")).status != 200:
+            assert time.monotonic() < deadline, "did not recover"
+            await asyncio.sleep(0.05)
+        await signup(client, "outage@example.com")
+        again = await login(client, "outage@example.com")
+        assert await me_status(client, again) == 200
+        assert await me_status(client, tokens) == 401  # its session died with the data
+    finally:
+        server.stop()
+
+
+async def test_sigterm_finishes_requests_in_flight_and_exits_zero(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = {
+        "AUTHSVC_REDIS_URL": redis_server.url,
+        "AUTHSVC_KEY_PREFIX": f"sigterm{os.getpid()}",
+        "AUTHSVC_BCRYPT_ROUNDS": "11",
+        "AUTHSVC_DATA_DIR": str(tmp_path / "data"),
+        "AUTHSVC_IP_RATE_LIMIT": "0",
+    }
+    service = Service(env, log=tmp_path / "serve.log")
+    service.wait_ready()
+    creds = {"email": "drain@example.com", "password": "drain password"}
+    async with aiohttp.ClientSession(service.url) as http:
+        assert (await http.post("/v1/auth/signup", json=creds)).status == 201
+        logins = [asyncio.ensure_future(http.post("/v1/auth/login", json=creds)) for _ in range(8)]
+        await asyncio.sleep(0.3)  # all eight are accepted and queued for bcrypt
+        service.process.send_signal(signal.SIGTERM)
+        responses = await asyncio.gather(*logins)
+        assert [r.status for r in responses] == [200] * 8
+    assert service.process.wait(timeout=20) == 0
+
+
+async def test_workers_accept_each_others_tokens_and_revocations(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = {
+        "AUTHSVC_REDIS_URL": redis_server.url,
+        "AUTHSVC_KEY_PREFIX": f"workers{os.getpid()}",
+        "AUTHSVC_BCRYPT_ROUNDS": "4",
+        "AUTHSVC_DATA_DIR": str(tmp_path / "data"),
+    }
+    service = Service(env, "--workers", "2", log=tmp_path / "serve.log")
+    try:
+        service.wait_ready()
+        creds = {"email": "workers@example.com", "password": "workers password"}
+        async with aiohttp.ClientSession(service.url) as http:
+            assert (await http.post("/v1/auth/signup", json=creds)).status == 201
+            tokens = await (await http.post("/v1/auth/login", json=creds)).json()
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+
+        async def fresh_connection_status() -> int:
+            async with aiohttp.ClientSession(service.url) as http:
+                return (await http.get("/v1/me", headers=headers)).status
+
+        assert [await fresh_connection_status() for _ in range(20)] == [200] * 20
+        async with aiohttp.ClientSession(service.url) as http:
+            assert (await http.post("/v1/auth/logout", headers=headers)).status == 204
+        deadline = time.monotonic() + 1.0
+        while 200 in [await fresh_connection_status() for _ in range(10)]:
+            assert time.monotonic() < deadline, "a worker still accepts a revoked session"
+    finally:
+        assert service.stop() == 0
+    pids = {
+        json.loads(line)["pid"]
+        for line in (tmp_path / "serve.log").read_text().splitlines()
+        if '"msg": "listening"' in line
+    }
+    assert len(pids) == 2
+    assert (tmp_path / "data" / "jwks.json").stat().st_mode & 0o777 == 0o600
