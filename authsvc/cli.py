@@ -77,7 +77,9 @@ def _serve(host: str, port: int, workers: int, config: Path | None) -> int:
 
 
 def _run_worker(settings: Settings, host: str, port: int, *, reuse_port: bool) -> None:
-    log.info("listening", extra={"host": host, "port": port, "pid": os.getpid()})
+    def listening(*_: object) -> None:  # run_app calls this once its socket is bound
+        log.info("listening", extra={"host": host, "port": port, "pid": os.getpid()})
+
     web.run_app(
         create_app(settings),
         host=host,
@@ -85,8 +87,8 @@ def _run_worker(settings: Settings, host: str, port: int, *, reuse_port: bool) -
         reuse_port=reuse_port,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         access_log=None,
-        handler_args=HANDLER_ARGS,
-        print=None,
+        print=listening,
+        **HANDLER_ARGS,
     )
     log.info("stopped", extra={"pid": os.getpid()})
 

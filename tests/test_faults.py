@@ -105,6 +105,10 @@ async def test_workers_accept_each_others_tokens_and_revocations(
     service = Service(env, "--workers", "2", log=tmp_path / "serve.log")
     try:
         service.wait_ready()
+        deadline = time.monotonic() + 20
+        while len(_listening_pids(tmp_path / "serve.log")) < 2:
+            assert time.monotonic() < deadline, "the second worker did not start"
+            await asyncio.sleep(0.05)
         creds = {"email": "workers@example.com", "password": "workers password"}
         async with aiohttp.ClientSession(service.url) as http:
             assert (await http.post("/v1/auth/signup", json=creds)).status == 201
@@ -123,10 +127,12 @@ async def test_workers_accept_each_others_tokens_and_revocations(
             assert time.monotonic() < deadline, "a worker still accepts a revoked session"
     finally:
         assert service.stop() == 0
-    pids = {
+    assert (tmp_path / "data" / "jwks.json").stat().st_mode & 0o777 == 0o600
+
+
+def _listening_pids(log: Path) -> set[int]:
+    return {
         json.loads(line)["pid"]
-        for line in (tmp_path / "serve.log").read_text().splitlines()
+        for line in log.read_text().splitlines()
         if '"msg": "listening"' in line
     }
-    assert len(pids) == 2
-    assert (tmp_path / "data" / "jwks.json").stat().st_mode & 0o777 == 0o600

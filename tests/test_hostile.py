@@ -10,6 +10,7 @@ import json
 import logging
 import statistics
 import time
+from importlib import resources
 from typing import Any
 
 import jwt
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from authsvc.domain.clock import FrozenClock
 from authsvc.domain.keys import KeyRing
+from authsvc.domain.service import EMAIL_PATTERN
 from authsvc.logs import JsonFormatter
 from authsvc.settings import Settings
 from tests.conftest import ClientFactory, with_
@@ -87,7 +89,7 @@ async def test_chunked_body_over_limit_is_413(client: Client) -> None:
         ("x" * 250 + "@example.com", PASSWORD),
         ("ok@example.com", "short"),
         ("ok@example.com", "x" * 257),
-        ("ok@example.com", "nul\x00nul\x00nul"),
+        ("lone\ud800@example.com", PASSWORD),
     ],
 )
 async def test_signup_rejects_bad_email_or_password(
@@ -98,6 +100,20 @@ async def test_signup_rejects_bad_email_or_password(
     r = aioredis.Redis.from_url(settings.redis_url or "")
     assert [k async for k in r.scan_iter(f"{settings.key_prefix}:*")] == []
     await r.aclose()
+
+
+async def test_any_unicode_password_works_including_nul_and_lone_surrogates(
+    client: Client,
+) -> None:
+    for i, password in enumerate(["nul\x00nul\x00nul", "surrogate \ud800\udfff!", "😀" * 8]):
+        await signup(client, f"odd{i}@example.com", password)
+        await login(client, f"odd{i}@example.com", password)
+
+
+def test_openapi_states_the_email_rule_the_code_applies() -> None:
+    document = json.loads(resources.files("authsvc.web").joinpath("openapi.json").read_text())
+    email = document["components"]["schemas"]["Credentials"]["properties"]["email"]
+    assert email["pattern"] == EMAIL_PATTERN
 
 
 def _hs256(header: dict[str, Any], claims: dict[str, Any], key: bytes) -> str:

@@ -20,20 +20,24 @@ MIN_LENGTH = 8
 MAX_LENGTH = 256
 
 
-def normalize_password(password: str) -> str:
-    """NFC-normalize and check the length rules (8 to 256 characters)."""
-    password = unicodedata.normalize("NFC", password)
+def new_password(password: str) -> str:
+    """A password being set: check the rules (8 to 256 characters as sent), then normalize."""
     if not MIN_LENGTH <= len(password) <= MAX_LENGTH:
         raise InvalidRequest(f"password must be {MIN_LENGTH} to {MAX_LENGTH} characters")
-    if "\x00" in password:
-        raise InvalidRequest("password must not contain NUL")
-    return password
+    return normalize_password(password)
+
+
+def normalize_password(password: str) -> str:
+    """The NFC form, so that every way of typing the same text is the same password."""
+    return unicodedata.normalize("NFC", password)
 
 
 def _prehash(password: str) -> bytes:
     # bcrypt reads at most 72 bytes. A SHA-256 digest, base64-encoded (44 bytes, no NUL),
-    # makes every character count and keeps long passwords from failing.
-    return base64.b64encode(hashlib.sha256(password.encode()).digest())
+    # makes every character count and keeps long passwords from failing. "surrogatepass":
+    # JSON can carry lone surrogates, which strict UTF-8 cannot encode.
+    digest = hashlib.sha256(password.encode("utf-8", "surrogatepass")).digest()
+    return base64.b64encode(digest)
 
 
 class Hasher:
