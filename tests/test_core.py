@@ -128,3 +128,26 @@ async def test_health_and_readiness(client: Client) -> None:
     ready = await client.get("/readyz")
     assert ready.status == 200
     assert ready.headers["X-Request-Id"]
+
+
+async def test_request_id_is_kept_when_sane_and_generated_otherwise(client: Client) -> None:
+    kept = await client.get("/healthz", headers={"X-Request-Id": "abc-123"})
+    assert kept.headers["X-Request-Id"] == "abc-123"
+    replaced = await client.get("/healthz", headers={"X-Request-Id": "bad id\twith junk"})
+    assert replaced.headers["X-Request-Id"] != "bad id\twith junk"
+    assert len(replaced.headers["X-Request-Id"]) == 32
+
+
+async def test_metrics_count_requests_by_route_and_outcomes(client: Client) -> None:
+    await signup(client, "metrics@example.com")
+    await login(client, "metrics@example.com")
+    await client.post("/v1/auth/login", json={"email": "metrics@example.com", "password": "x" * 9})
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.content_type == "text/plain"
+    text = await response.text()
+    assert 'authsvc_http_requests_total{route="/v1/auth/login",status="200"} 1.0' in text
+    assert 'authsvc_http_requests_total{route="/v1/auth/login",status="401"} 1.0' in text
+    assert 'authsvc_logins_total{outcome="success"} 1.0' in text
+    assert 'authsvc_logins_total{outcome="failure"} 1.0' in text
+    assert "authsvc_http_request_duration_seconds_bucket" in text

@@ -123,6 +123,9 @@ async def test_sessions_list_delete_and_logout_all(client: Client, clock: Frozen
     stranger = await login(client, "other@example.com")
     denied = await client.delete(f"/v1/sessions/{phone['session_id']}", headers=bearer(stranger))
     assert denied.status == 404
+    for odd in ("*", "%2A", "a:b", "x" * 100):
+        response = await client.delete(f"/v1/sessions/{odd}", headers=bearer(laptop))
+        assert response.status == 404, odd
     deleted = await client.delete(f"/v1/sessions/{phone['session_id']}", headers=bearer(laptop))
     assert deleted.status == 204
     assert await me_status(client, phone) == 401

@@ -18,7 +18,7 @@ from authsvc.domain.errors import (
 from authsvc.domain.gate import SessionGate
 from authsvc.domain.passwords import Hasher, new_password, normalize_password
 from authsvc.domain.throttle import Throttle
-from authsvc.domain.tokens import AccessClaims, AccessTokens, RefreshTokens, new_id
+from authsvc.domain.tokens import AccessClaims, AccessTokens, RefreshTokens, is_id, new_id
 from authsvc.metrics import Metrics
 from authsvc.store.accounts import AccountStore
 from authsvc.store.sessions import Rotation, SessionRow, SessionStore
@@ -210,7 +210,9 @@ class AuthService:
 
     async def end_session(self, principal: Principal, session_id: str) -> None:
         """End one of the caller's sessions; NotFound if it is not theirs."""
-        if not await self._end(principal.user_id, "deleted", only=session_id):
+        if not is_id(session_id) or not await self._end(
+            principal.user_id, "deleted", only=session_id
+        ):
             raise NotFound("no such session")
 
     async def change_password(self, principal: Principal, current: str, new: str) -> None:

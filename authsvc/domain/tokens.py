@@ -28,6 +28,11 @@ def new_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+def is_id(text: str) -> bool:
+    """Could `text` be an id that `new_id` made?"""
+    return _ID.fullmatch(text) is not None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class AccessClaims:
     """What a verified access token says."""
