@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,7 +28,17 @@ from authsvc.store.keys import Keys
 from authsvc.store.revocations import RevocationFeed
 from authsvc.store.scripts import Scripts
 from authsvc.store.sessions import SessionStore, SessionTimes
-from authsvc.web.context import FEED, HASHER, KEYRING, METRICS, REDIS, SERVICE, SETTINGS
+from authsvc.web.access_log import AccessLog
+from authsvc.web.context import (
+    ACCESS_LOG,
+    FEED,
+    HASHER,
+    KEYRING,
+    METRICS,
+    REDIS,
+    SERVICE,
+    SETTINGS,
+)
 from authsvc.web.handlers import routes
 from authsvc.web.middleware import observe
 from authsvc.web.schemas import MAX_BODY
@@ -59,10 +70,25 @@ def create_app(
     app[METRICS] = Metrics()
     app[KEYRING] = keyring or load_keyring(settings)
     app.router.add_routes(routes)
+    app.cleanup_ctx.append(_access_log)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_hasher)
     app.cleanup_ctx.append(_service(clock))
     return app
+
+
+async def _access_log(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[ACCESS_LOG] = access_log = AccessLog(
+        sys.stderr.buffer,
+        json=settings.log_format == "json",
+        enabled=logging.getLogger("authsvc.access").isEnabledFor(logging.INFO),
+    )
+    flusher = asyncio.create_task(access_log.run(), name="authsvc.access_log")
+    yield
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ import secrets
 from typing import Any
 
 import jwt
+import msgspec
 
 from authsvc.domain.errors import InvalidGrant, InvalidToken
 from authsvc.domain.keys import KeyRing
@@ -50,6 +51,12 @@ class AccessTokens:
         self._issuer = issuer
         self._audience = audience
         self._ttl = ttl
+        # Signing, the JWS way but without PyJWT's generic per-call work: the header segment
+        # is the same for every token of a key, and msgspec encodes the claims.
+        signing = keys.signing
+        header = {"alg": signing.alg, "kid": signing.kid, "typ": "at+jwt"}
+        self._header_segment = _b64(_json(header)) + b"."
+        self._sign = jwt.get_algorithm_by_name(signing.alg).sign
         # Tokens whose signature and claims were checked; only expiry is re-checked.
         self._verified: dict[str, AccessClaims] = {}
 
@@ -58,7 +65,6 @@ class AccessTokens:
     ) -> tuple[str, int]:
         """A token for the session and its lifetime in seconds: the TTL, or what is left of
         the session if that is shorter."""
-        key = self._keys.signing
         iat = int(now)
         exp = min(iat + self._ttl, int(session_expires_at))
         claims = {
@@ -70,8 +76,9 @@ class AccessTokens:
             "exp": exp,
             "jti": new_id(),
         }
-        token = jwt.encode(claims, key.signer, key.alg, headers={"typ": "at+jwt", "kid": key.kid})
-        return token, exp - iat
+        signing_input = self._header_segment + _b64(_json(claims))
+        signature = self._sign(signing_input, self._keys.signing.signer)
+        return f"{signing_input.decode()}.{_b64(signature).decode()}", exp - iat
 
     def verify(self, token: str, now: float) -> AccessClaims:
         """The claims of a valid token; InvalidToken otherwise."""
@@ -157,6 +164,13 @@ class RefreshTokens:
         if not any(hmac.compare_digest(_mac(key, body), mac) for key in self._mac_keys):
             raise InvalidGrant("invalid refresh token")
         return RefreshClaims(user_id, session_id, int(generation))
+
+
+_json = msgspec.json.Encoder().encode
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 def _mac(key: bytes, body: str) -> str:

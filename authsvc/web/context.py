@@ -11,11 +11,13 @@ from authsvc.metrics import Metrics
 from authsvc.settings import Settings
 from authsvc.store.client import Client
 from authsvc.store.revocations import RevocationFeed
+from authsvc.web.access_log import AccessLog
 
 SETTINGS = web.AppKey("authsvc.settings", Settings)
 SERVICE = web.AppKey("authsvc.service", AuthService)
 KEYRING = web.AppKey("authsvc.keyring", KeyRing)
 METRICS = web.AppKey("authsvc.metrics", Metrics)
+ACCESS_LOG = web.AppKey("authsvc.access_log", AccessLog)
 REDIS: web.AppKey[Client] = web.AppKey("authsvc.redis")
 HASHER = web.AppKey("authsvc.hasher", Hasher)
 FEED = web.AppKey("authsvc.revocation_feed", RevocationFeed)

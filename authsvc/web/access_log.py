@@ -1,0 +1,75 @@
+"""The access log: one line per request, written without the logging module's per-record
+cost (a request that takes 100 µs cannot spend 40 of them on its log line) and flushed in
+batches. Same shape as every other log line: JSON with ts, level, logger, msg and fields."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import BinaryIO
+
+import msgspec
+
+FLUSH_EVERY = 0.2  # seconds; also flushed when the buffer passes FLUSH_SIZE and at shutdown
+FLUSH_SIZE = 64 * 1024
+
+
+class AccessLog:
+    """Buffers request lines for `stream`; `enabled` is False above log level info."""
+
+    def __init__(self, stream: BinaryIO, *, json: bool, enabled: bool) -> None:
+        self._stream = stream
+        self._json = json
+        self.enabled = enabled
+        self._buffer = bytearray()
+        self._encode = msgspec.json.Encoder().encode
+        self._second = -1
+        self._stamp = ""
+
+    def write(self, request_id: str, method: str, route: str, status: int, seconds: float) -> None:
+        """Add one request's line."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        ts = f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+        duration_ms = round(seconds * 1000, 3)
+        if self._json:
+            self._buffer += self._encode(
+                {
+                    "ts": ts,
+                    "level": "info",
+                    "logger": "authsvc.access",
+                    "msg": "request",
+                    "request_id": request_id,
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": duration_ms,
+                }
+            )
+            self._buffer += b"\n"
+        else:
+            line = (
+                f"{ts} INFO authsvc.access {method} {route} {status} {duration_ms}ms {request_id}\n"
+            )
+            self._buffer += line.encode()
+        if len(self._buffer) >= FLUSH_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write out what is buffered."""
+        if self._buffer:
+            self._stream.write(self._buffer)
+            self._stream.flush()
+            self._buffer.clear()
+
+    async def run(self) -> None:
+        """Flush periodically until cancelled, then once more."""
+        try:
+            while True:
+                await asyncio.sleep(FLUSH_EVERY)
+                self.flush()
+        finally:
+            self.flush()

@@ -1,0 +1,64 @@
+"""Access and refresh tokens, for every supported key type."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import KeySet
+
+from authsvc.domain.errors import InvalidGrant, InvalidToken
+from authsvc.domain.keys import KeyRing, generate_jwks
+from authsvc.domain.tokens import AccessTokens, RefreshTokens
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA", "RS256"])
+def test_access_tokens_of_every_algorithm_verify_here_and_with_jwks_elsewhere(alg: str) -> None:
+    ring = KeyRing.from_jwks(generate_jwks(alg))
+    tokens = AccessTokens(ring, issuer="authsvc", audience="api", ttl=900)
+    token, expires_in = tokens.issue("user", "session", NOW, NOW + 10_000)
+    assert expires_in == 900
+    claims = tokens.verify(token, NOW + 1)
+    assert (claims.user_id, claims.session_id, claims.expires_at) == ("user", "session", NOW + 900)
+    public = ring.public_jwks()
+    if alg == "EdDSA":  # joserfc refuses the polymorphic name (RFC 9864); PyJWT still reads it
+        header = jwt.get_unverified_header(token)
+        payload = jwt.decode(
+            token,
+            jwt.PyJWK(public["keys"][0]),
+            algorithms=[alg],
+            audience="api",
+            options={"verify_exp": False, "verify_iat": False},
+        )
+    else:
+        keys = KeySet.import_key_set(public)  # type: ignore[arg-type]
+        decoded = jose_jwt.decode(token, keys, algorithms=[alg])
+        header, payload = decoded.header, decoded.claims
+    assert header == {"alg": alg, "kid": ring.signing.kid, "typ": "at+jwt"}
+    assert payload["aud"] == "api"
+    with pytest.raises(InvalidToken):
+        tokens.verify(token, NOW + 900)
+
+
+def test_access_token_of_another_key_ring_is_refused() -> None:
+    mine = AccessTokens(KeyRing.from_jwks(generate_jwks()), issuer="a", audience="a", ttl=60)
+    theirs = AccessTokens(KeyRing.from_jwks(generate_jwks()), issuer="a", audience="a", ttl=60)
+    token, _ = theirs.issue("user", "session", NOW, NOW + 60)
+    with pytest.raises(InvalidToken):
+        mine.verify(token, NOW)
+
+
+def test_refresh_tokens_are_deterministic_per_generation_and_bound_to_the_key() -> None:
+    ring = KeyRing.from_jwks(generate_jwks())
+    refresh = RefreshTokens(ring)
+    token = refresh.issue("user", "session", 3)
+    assert refresh.issue("user", "session", 3) == token
+    assert refresh.issue("user", "session", 4) != token
+    claims = refresh.parse(token)
+    assert (claims.user_id, claims.session_id, claims.generation) == ("user", "session", 3)
+    with pytest.raises(InvalidGrant):
+        RefreshTokens(KeyRing.from_jwks(generate_jwks())).parse(token)
+    rotated = RefreshTokens(KeyRing(KeyRing.from_jwks(generate_jwks()).keys + ring.keys))
+    assert rotated.parse(token) == claims
