@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import shutil
@@ -23,6 +24,7 @@ from authsvc.app import HANDLER_ARGS, create_app
 from authsvc.domain.clock import FrozenClock
 from authsvc.domain.keys import KeyRing, generate_jwks
 from authsvc.settings import Settings
+from tests.cluster import RedisCluster3
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 _prefixes = itertools.count()
@@ -33,6 +35,22 @@ class ServingTestServer(TestServer):
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         return web.AppRunner(self.app, **kwargs, **HANDLER_ARGS)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-backend",
+        choices=("single", "cluster", "both"),
+        default=os.environ.get("AUTHSVC_TEST_BACKEND", "both"),
+        help="the Redis the tests run against (default: $AUTHSVC_TEST_BACKEND or both)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "redis_backend" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--redis-backend")
+        names = ["single", "cluster"] if chosen == "both" else [chosen]
+        metafunc.parametrize("redis_backend", names, indirect=True, scope="session")
 
 
 def free_port() -> int:
@@ -103,6 +121,37 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster3]:
+    cluster = RedisCluster3(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """The Redis that a test runs against: a single server or a three-master cluster."""
+
+    name: str
+    url: str
+    cluster: bool
+
+    def env(self) -> dict[str, str]:
+        """The environment that points `authsvc serve` at this backend."""
+        return {"AUTHSVC_REDIS_URL": self.url, "AUTHSVC_REDIS_CLUSTER": str(int(self.cluster))}
+
+
+@pytest.fixture(scope="session")
+def redis_backend(request: pytest.FixtureRequest) -> Backend:
+    """Parametrized by pytest_generate_tests; starts only the backend chosen."""
+    if request.param == "cluster":
+        cluster: RedisCluster3 = request.getfixturevalue("redis_cluster")
+        return Backend("cluster", cluster.url, cluster=True)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return Backend("single", server.url, cluster=False)
+
+
+@pytest.fixture(scope="session")
 def keyring() -> KeyRing:
     """One ES256 key set for the whole run (generating keys is slow only for RSA)."""
     return KeyRing.from_jwks(generate_jwks())
@@ -114,10 +163,11 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-def settings(redis_server: RedisServer) -> Settings:
-    """Settings for one test: its own key prefix on the shared server, cheap bcrypt."""
+def settings(redis_backend: Backend) -> Settings:
+    """Settings for one test: its own key prefix on the shared backend, cheap bcrypt."""
     return Settings(
-        redis_url=redis_server.url,
+        redis_url=redis_backend.url,
+        redis_cluster=redis_backend.cluster,
         key_prefix=f"t{os.getpid()}-{next(_prefixes)}",
         bcrypt_rounds=4,
         ip_rate_limit=0,

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from redis.asyncio.cluster import RedisCluster
+
+from authsvc.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
 PASSWORD = "correct horse battery"
@@ -48,3 +52,14 @@ async def me_status(client: Client, tokens: dict[str, Any]) -> int:
     response = await client.get("/v1/me", headers=bearer(tokens))
     await response.read()
     return response.status
+
+
+def raw_redis(
+    settings: Settings, *, decode_responses: bool = False
+) -> aioredis.Redis | RedisCluster:
+    """A plain redis-py client on the Redis (or Redis Cluster) that `settings` name, for
+    tests that look at keys directly; the caller closes it."""
+    url = settings.redis_url or ""
+    if settings.redis_cluster:
+        return RedisCluster.from_url(url, decode_responses=decode_responses)
+    return aioredis.Redis.from_url(url, decode_responses=decode_responses)

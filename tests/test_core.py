@@ -7,13 +7,11 @@ import io
 import json
 import re
 
-import redis.asyncio as aioredis
-
 from authsvc.domain.clock import FrozenClock
 from authsvc.settings import Settings
 from authsvc.web.access_log import AccessLog
 from tests.conftest import ClientFactory, with_
-from tests.helpers import PASSWORD, Client, bearer, login, me_status, refresh, signup
+from tests.helpers import PASSWORD, Client, bearer, login, me_status, raw_redis, refresh, signup
 
 
 async def test_signup_login_me_refresh_logout(client: Client) -> None:
@@ -78,7 +76,7 @@ async def test_concurrent_logins_leave_exactly_the_limit_and_no_orphans(
     user_id = await signup(client, "dave@example.com")
     results = await asyncio.gather(*(login(client, "dave@example.com") for _ in range(200)))
     assert len({r["session_id"] for r in results}) == 200
-    r = aioredis.Redis.from_url(settings.redis_url or "", decode_responses=True)
+    r = raw_redis(settings, decode_responses=True)
     index = f"{settings.key_prefix}:{{u:{user_id}}}:s"
     members = await r.zrange(index, 0, -1)
     hashes = [k async for k in r.scan_iter(f"{index}:*")]

@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from authsvc.settings import Settings
-from tests.conftest import ClientFactory, RedisServer, with_
-from tests.helpers import Client, bearer, login, me_status, refresh, signup
+from tests.conftest import Backend, ClientFactory, RedisServer, with_
+from tests.helpers import Client, bearer, login, me_status, raw_redis, refresh, signup
 from tests.process import Service
 
 
@@ -23,7 +22,7 @@ async def test_flushed_script_cache_is_reloaded_transparently(
 ) -> None:
     await signup(client, "flush@example.com")
     tokens = await login(client, "flush@example.com")
-    r = aioredis.Redis.from_url(settings.redis_url or "")
+    r = raw_redis(settings)
     await r.script_flush()
     await r.aclose()
     status, tokens = await refresh(client, tokens["refresh_token"])
@@ -37,7 +36,7 @@ async def test_redis_outage_answers_503_quickly_and_recovers_without_restart(
     server = RedisServer(tmp_path)
     server.start()
     try:
-        client = await make_client(with_(settings, redis_url=server.url))
+        client = await make_client(with_(settings, redis_url=server.url, redis_cluster=False))
         await signup(client, "outage@example.com")
         tokens = await login(client, "outage@example.com")
         assert await me_status(client, tokens) == 200
@@ -71,10 +70,10 @@ async def test_redis_outage_answers_503_quickly_and_recovers_without_restart(
 
 
 async def test_sigterm_finishes_requests_in_flight_and_exits_zero(
-    redis_server: RedisServer, tmp_path: Path
+    redis_backend: Backend, tmp_path: Path
 ) -> None:
     env = {
-        "AUTHSVC_REDIS_URL": redis_server.url,
+        **redis_backend.env(),
         "AUTHSVC_KEY_PREFIX": f"sigterm{os.getpid()}",
         "AUTHSVC_BCRYPT_ROUNDS": "11",
         "AUTHSVC_DATA_DIR": str(tmp_path / "data"),
@@ -94,10 +93,10 @@ async def test_sigterm_finishes_requests_in_flight_and_exits_zero(
 
 
 async def test_workers_accept_each_others_tokens_and_revocations(
-    redis_server: RedisServer, tmp_path: Path
+    redis_backend: Backend, tmp_path: Path
 ) -> None:
     env = {
-        "AUTHSVC_REDIS_URL": redis_server.url,
+        **redis_backend.env(),
         "AUTHSVC_KEY_PREFIX": f"workers{os.getpid()}",
         "AUTHSVC_BCRYPT_ROUNDS": "4",
         "AUTHSVC_DATA_DIR": str(tmp_path / "data"),

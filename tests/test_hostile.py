@@ -15,7 +15,6 @@ from typing import Any
 
 import jwt
 import pytest
-import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
 
 from authsvc.domain.clock import FrozenClock
@@ -24,7 +23,7 @@ from authsvc.domain.service import EMAIL_PATTERN
 from authsvc.logs import JsonFormatter
 from authsvc.settings import Settings
 from tests.conftest import ClientFactory, with_
-from tests.helpers import PASSWORD, Client, bearer, login, me_status, refresh, signup
+from tests.helpers import PASSWORD, Client, bearer, login, me_status, raw_redis, refresh, signup
 
 BODY_ROUTES = ["/v1/auth/signup", "/v1/auth/login", "/v1/auth/refresh"]
 JSON = {"Content-Type": "application/json"}
@@ -97,7 +96,7 @@ async def test_signup_rejects_bad_email_or_password(
 ) -> None:
     response = await client.post("/v1/auth/signup", json={"email": email, "password": password})
     assert await _error(response) == (400, "invalid_request")
-    r = aioredis.Redis.from_url(settings.redis_url or "")
+    r = raw_redis(settings)
     assert [k async for k in r.scan_iter(f"{settings.key_prefix}:*")] == []
     await r.aclose()
 
@@ -304,6 +303,6 @@ async def test_failed_login_writes_no_session(client: Client, settings: Settings
     await client.post(
         "/v1/auth/login", json={"email": "nohalf@example.com", "password": "nope nope"}
     )
-    r = aioredis.Redis.from_url(settings.redis_url or "")
+    r = raw_redis(settings)
     assert [k async for k in r.scan_iter(f"{settings.key_prefix}:{{u:{user_id}}}:*")] == []
     await r.aclose()

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import jwt
-import redis.asyncio as aioredis
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
@@ -14,7 +13,7 @@ from authsvc.domain.clock import FrozenClock
 from authsvc.domain.keys import KeyRing, generate_jwks
 from authsvc.settings import Settings
 from tests.conftest import ClientFactory, with_
-from tests.helpers import PASSWORD, Client, bearer, login, me_status, refresh, signup
+from tests.helpers import PASSWORD, Client, bearer, login, me_status, raw_redis, refresh, signup
 
 
 async def test_twenty_simultaneous_refreshes_all_get_the_same_successor(client: Client) -> None:
@@ -253,7 +252,7 @@ async def test_refresh_moves_session_to_front_of_lru_index(
     second = await login(client, "lru@example.com")
     clock.advance(5)
     await refresh(client, first["refresh_token"])
-    r = aioredis.Redis.from_url(settings.redis_url or "", decode_responses=True)
+    r = raw_redis(settings, decode_responses=True)
     order = await r.zrange(f"{settings.key_prefix}:{{u:{user_id}}}:s", 0, -1)
     await r.aclose()
     assert order == [second["session_id"], first["session_id"]]

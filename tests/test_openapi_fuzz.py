@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from tests.conftest import RedisServer
+from tests.conftest import Backend
 from tests.process import Service
 
 OPENAPI = Path(str(resources.files("authsvc.web").joinpath("openapi.json")))
@@ -23,10 +23,10 @@ schema = schemathesis.openapi.from_path(OPENAPI)
 
 
 @pytest.fixture(scope="module")
-def live(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def live(redis_backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("fuzz")
     env = {
-        "AUTHSVC_REDIS_URL": redis_server.url,
+        **redis_backend.env(),
         "AUTHSVC_KEY_PREFIX": f"fuzz{os.getpid()}",
         "AUTHSVC_BCRYPT_ROUNDS": "4",
         "AUTHSVC_DATA_DIR": str(directory / "data"),

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeAlias
 
 import fakeredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import TryAgainError
 
 Client: TypeAlias = "aioredis.Redis | RedisCluster"
 
@@ -20,11 +22,91 @@ SOCKET_TIMEOUT = 0.5
 CONNECT_TIMEOUT = 0.5
 POOL_SIZE = 64
 POOL_WAIT = 1.0
+# A cluster command that keeps meeting MOVED / ASK / TRYAGAIN (a slot being migrated) is
+# refused with ClusterError("TTL exhausted") after redis-py's own 16 redirections; it was
+# never executed, so it is tried again this many times, after these pauses (seconds).
+CLUSTER_REDIRECT_RETRIES = (0.05, 0.2)
 
 
 def _retry() -> Retry:
     # Two quick retries; every script is safe to replay (see the script headers).
     return Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
+
+
+class BoundedRedisCluster(RedisCluster):
+    """redis-py's async RedisCluster with what a server needs of it:
+
+    - A bounded pool that waits. redis-py gives each node up to `max_connections`
+      connections and raises MaxConnectionsError at once beyond that; here at most
+      POOL_SIZE commands are in flight per client (so per node, as a command holds at most
+      one connection of each node at a time), and a command waits up to POOL_WAIT for its
+      turn, then fails with ConnectionError, like the single-server BlockingConnectionPool.
+    - Redirections: MOVED and ASK are followed by redis-py, TRYAGAIN is retried by it a few
+      times; a command still refused after that is tried again (CLUSTER_REDIRECT_RETRIES).
+      A MOVED only updates that slot's owner (`reinitialize_steps=0`): redis-py's default
+      closes every connection on every fifth MOVED to re-read the layout, which breaks the
+      commands in flight (replayed after a ConnectionError, or failed with AttributeError
+      when caught while connecting).
+    - It learns the layout before routing a command. redis-py routes commands issued before
+      that (a burst at start-up, or after it closed itself on CLUSTERDOWN) to random
+      masters; two thirds meet MOVED, and the closing above turns the burst into errors.
+    - Every failure is a RedisError: redis-py raises RedisClusterException (not a RedisError)
+      when no node answers or slots are uncovered; that becomes ConnectionError, so callers
+      answer 503 as they do for a single server.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = asyncio.Semaphore(POOL_SIZE)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(POOL_WAIT):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise RedisConnectionError("No connection available.") from None
+        try:
+            pauses = iter(CLUSTER_REDIRECT_RETRIES)
+            while True:
+                if self.get_default_node() is None:
+                    await self.start()  # see the class comment
+                try:
+                    return await super().execute_command(*args, **kwargs)
+                except ClusterError as exc:
+                    # Exactly ClusterError: the redirections ran out. Subclasses
+                    # (ClusterDownError) were already retried by redis-py.
+                    pause = next(pauses, None)
+                    if type(exc) is not ClusterError or pause is None:
+                        raise
+                await asyncio.sleep(pause)
+        except RedisClusterException as exc:
+            raise RedisConnectionError(f"Redis Cluster: {exc}") from exc
+        finally:
+            self._gate.release()
+
+    async def start(self) -> None:
+        """Learn the cluster's nodes and slots (once; again after a failure)."""
+        try:
+            await self.initialize()
+        except RedisClusterException as exc:
+            raise RedisConnectionError(f"Redis Cluster: {exc}") from exc
+
+    def node_client(self, index: int) -> tuple[str, aioredis.Redis]:
+        """A plain client, with its own connection, for node number `index` (modulo the
+        number of known nodes, in a fixed order): its name and the client. Call `start`
+        first. Credentials, TLS and timeouts are those of this client."""
+        nodes = sorted(self.get_nodes(), key=lambda n: n.name)
+        if not nodes:
+            raise RedisConnectionError("Redis Cluster: no node known")
+        node = nodes[index % len(nodes)]
+        kwargs = dict(self.get_connection_kwargs())
+        connection_class: type[Connection] = kwargs.pop("connection_class") or Connection
+        for cluster_only in ("max_connections", "response_callbacks", "host", "port"):
+            kwargs.pop(cluster_only, None)
+        pool = aioredis.ConnectionPool(
+            connection_class=connection_class, host=node.host, port=int(node.port), **kwargs
+        )
+        return node.name, aioredis.Redis.from_pool(pool)
 
 
 def connect(url: str, *, cluster: bool) -> Client:
@@ -36,12 +118,10 @@ def connect(url: str, *, cluster: bool) -> Client:
         "health_check_interval": 15,
     }
     if cluster:
-        return RedisCluster.from_url(
-            url,
-            max_connections=POOL_SIZE,
-            retry=_retry(),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError, TryAgainError],
-            **common,
+        # redis-py retries ConnectionError and TimeoutError (re-reading the cluster's
+        # layout first) as many times as `retry` says; MOVED/ASK/TRYAGAIN see above.
+        return BoundedRedisCluster.from_url(
+            url, max_connections=POOL_SIZE, retry=_retry(), reinitialize_steps=0, **common
         )
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **common
@@ -61,15 +141,18 @@ def embedded() -> aioredis.Redis:
     return client
 
 
-def pubsub_client(client: Client) -> aioredis.Redis:
-    """A plain client for the revocation channel. On a cluster any node will do: PUBLISH
-    is broadcast to every node, so one subscription sees every message."""
+async def pubsub_client(client: Client, attempt: int) -> tuple[str, aioredis.Redis, bool]:
+    """A client to subscribe with, for subscription attempt number `attempt`: a name for
+    logs, the client, and whether the caller owns (must close) it.
+
+    A single server (or the embedded store) is the client itself. On a cluster it is a
+    plain client for one node: PUBLISH, including from a script, is broadcast to every
+    node, so a subscription on any node sees every message. Each attempt takes the next
+    node, so a subscription lost with its node is made again elsewhere."""
+    if isinstance(client, BoundedRedisCluster):
+        await client.start()
+        name, node = client.node_client(attempt)
+        return name, node, True
     if isinstance(client, RedisCluster):
-        node = client.get_default_node()
-        return aioredis.Redis(
-            host=node.host,
-            port=int(node.port),
-            decode_responses=True,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-        )
-    return client
+        raise TypeError("cluster clients come from connect()")
+    return "redis", client, False

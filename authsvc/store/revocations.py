@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 
 from redis.exceptions import RedisError
@@ -21,13 +22,23 @@ DEAD_AFTER = 3.0  # seconds without any reply before the subscription counts as 
 class RevocationFeed:
     """Delivers revoked session ids to `on_revoke`; `healthy` while subscribed."""
 
-    def __init__(self, client: Client, channel: str, on_revoke: Callable[[str], None]) -> None:
-        self._client = pubsub_client(client)
-        self._owns_client = self._client is not client
+    def __init__(
+        self,
+        client: Client,
+        channel: str,
+        on_revoke: Callable[[str], None],
+        *,
+        start: int | None = None,
+    ) -> None:
+        self._client = client
         self._channel = channel
         self._on_revoke = on_revoke
+        # On a cluster, the node to subscribe on first (an index into the nodes sorted by
+        # name); by default a random one, which spreads instances over the nodes.
+        self._attempts = secrets.randbelow(1 << 16) if start is None else start
         self.epoch = 0
         self.healthy = False
+        self.source = ""  # where the current subscription is (a cluster node's name)
         self._ready = asyncio.Event()
 
     async def wait_subscribed(self) -> None:
@@ -43,6 +54,7 @@ class RevocationFeed:
             except (RedisError, OSError) as exc:
                 if self.healthy:
                     log.warning("revocation feed lost: %s", type(exc).__name__)
+                    delay = 0.05
             self._lose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -52,7 +64,10 @@ class RevocationFeed:
         self.epoch += 1
 
     async def _listen(self) -> None:
-        pubsub = self._client.pubsub()
+        # A cluster gives a client for another node on every attempt (see pubsub_client).
+        source, client, owned = await pubsub_client(self._client, self._attempts)
+        self._attempts += 1
+        pubsub = client.pubsub()
         try:
             await pubsub.subscribe(self._channel)
             loop = asyncio.get_running_loop()
@@ -68,18 +83,22 @@ class RevocationFeed:
                         self._on_revoke(message["data"])
                     elif kind == "subscribe":
                         self.epoch += 1
+                        self.source = source
                         self.healthy = True
                         self._ready.set()
-                        log.info("revocation feed subscribed")
+                        log.info("revocation feed subscribed (%s)", source)
                 if now - last_reply > DEAD_AFTER:
                     raise ConnectionError("no reply from the revocation channel")
                 if now - last_ping >= PING_EVERY:
                     await pubsub.ping()
                     last_ping = now
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            try:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            finally:
+                if owned:
+                    await client.aclose()
 
     async def close(self) -> None:
-        """Close the client this feed created, if it created one."""
-        if self._owns_client:
-            await self._client.aclose()
+        """Nothing left to close once `run` has been cancelled: each subscription closes
+        the client it was given. Kept so that shutdown code need not know that."""

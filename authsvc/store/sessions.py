@@ -74,7 +74,6 @@ class SessionStore:
             keys=[k.session_index(user_id), k.session(user_id, session_id), k.user(user_id)],
             args=[
                 session_id,
-                user_id,
                 now_ms,
                 self._times.idle_ms,
                 self._times.max_ms,

@@ -6,15 +6,16 @@
 --          share its hash tag, so they live in this script's slot (see docs/design.md)
 -- KEYS[2]  the new session's hash (KEYS[1] .. ':' .. ARGV[1])
 -- KEYS[3]  the user hash <prefix>:{u:<user_id>}:user
--- ARGV     session_id, user_id, now_ms, idle_ttl_ms, max_ttl_ms, limit, channel,
---          email, user_agent, ip
+-- ARGV     session_id, now_ms, idle_ttl_ms, max_ttl_ms, limit, channel, email,
+--          user_agent, ip
+-- The hash holds no user id: it is the hash tag of every key name here.
 -- Returns  the evicted session ids (an empty table when none)
--- Time     the caller's clock (ARGV[3]); Redis TTLs only clean up.
+-- Time     the caller's clock (ARGV[2]); Redis TTLs only clean up.
 -- A replay (client retry after a lost reply) finds KEYS[2] and changes nothing.
-local sid, uid = ARGV[1], ARGV[2]
-local now, idle_ttl, max_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local limit, channel = tonumber(ARGV[6]), ARGV[7]
-local email, user_agent, ip = ARGV[8], ARGV[9], ARGV[10]
+local sid = ARGV[1]
+local now, idle_ttl, max_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local limit, channel = tonumber(ARGV[5]), ARGV[6]
+local email, user_agent, ip = ARGV[7], ARGV[8], ARGV[9]
 local index, session = KEYS[1], KEYS[2]
 
 if redis.call('EXISTS', session) == 1 then
@@ -45,8 +46,7 @@ while redis.call('ZCARD', index) >= limit do
   evicted[#evicted + 1] = victim
 end
 
-redis.call('HSET', session, 'uid', uid, 'gen', 0, 'c', now, 'u', now, 'rot', now,
-  'ua', user_agent, 'ip', ip)
+redis.call('HSET', session, 'gen', 0, 'c', now, 'u', now, 'rot', now, 'ua', user_agent, 'ip', ip)
 redis.call('PEXPIRE', session, idle_ttl)
 redis.call('ZADD', index, now, sid)
 if redis.call('PTTL', index) < idle_ttl then
