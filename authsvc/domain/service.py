@@ -162,7 +162,7 @@ class AuthService:
             "login",
             extra={"user_id": account.user_id, "session_id": session_id, "evicted": len(evicted)},
         )
-        return self._tokens(account.user_id, session_id, 0, now, now)
+        return self._tokens(account.user_id, session_id, 0, now, created_at=now, last_used_at=now)
 
     async def refresh(self, refresh_token: str) -> TokenSet:
         """Rotate a refresh token (see rotate_session.lua for grace and reuse)."""
@@ -193,7 +193,12 @@ class AuthService:
             raise InvalidGrant("session expired or revoked")
         self._metrics.refreshes.labels("success").inc()
         return self._tokens(
-            claims.user_id, claims.session_id, result.generation, now, result.created_ms / 1000
+            claims.user_id,
+            claims.session_id,
+            result.generation,
+            now,
+            created_at=result.created_ms / 1000,
+            last_used_at=result.last_used_ms / 1000,
         )
 
     async def authenticate(self, token: str) -> Principal:
@@ -252,9 +257,16 @@ class AuthService:
         return len(ended)
 
     def _tokens(
-        self, user_id: str, session_id: str, generation: int, now: float, created_at: float
+        self,
+        user_id: str,
+        session_id: str,
+        generation: int,
+        now: float,
+        *,
+        created_at: float,
+        last_used_at: float,
     ) -> TokenSet:
-        expires_at = self._expires_at(now, created_at)
+        expires_at = self._expires_at(last_used_at, created_at)
         access, expires_in = self._access.issue(user_id, session_id, now, expires_at)
         return TokenSet(
             access_token=access,

@@ -39,11 +39,12 @@ class Rotation(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RotateResult:
-    """A rotation's outcome; `generation` and `created_ms` are set when ROTATED."""
+    """A rotation's outcome; the other fields are set when ROTATED."""
 
     outcome: Rotation
     generation: int = 0
     created_ms: int = 0
+    last_used_ms: int = 0
 
 
 class SessionStore:
@@ -105,7 +106,7 @@ class SessionStore:
         )
         outcome = Rotation(int(reply[0]))
         if outcome is Rotation.ROTATED:
-            return RotateResult(outcome, int(reply[1]), int(reply[2]))
+            return RotateResult(outcome, int(reply[1]), int(reply[2]), int(reply[3]))
         return RotateResult(outcome)
 
     async def revoke(self, user_id: str, *, only: str | None = None, keep: str = "") -> list[str]:

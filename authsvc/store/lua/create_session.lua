@@ -46,7 +46,7 @@ while redis.call('ZCARD', index) >= limit do
   evicted[#evicted + 1] = victim
 end
 
-redis.call('HSET', session, 'gen', 0, 'c', now, 'u', now, 'rot', now, 'ua', user_agent, 'ip', ip)
+redis.call('HSET', session, 'gen', 0, 'c', now, 'u', now, 'ua', user_agent, 'ip', ip)
 redis.call('PEXPIRE', session, idle_ttl)
 redis.call('ZADD', index, now, sid)
 if redis.call('PTTL', index) < idle_ttl then

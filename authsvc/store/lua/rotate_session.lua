@@ -3,24 +3,27 @@
 -- KEYS[2]  the session hash (KEYS[1] .. ':' .. session_id)
 -- ARGV     session_id, generation presented, now_ms, idle_ttl_ms, max_ttl_ms,
 --          grace_ms, channel
--- Returns  {1, generation to issue, created_at_ms}  rotated, or within the grace window
---          {0}                                      no such live session
---          {2}                                      reuse: the session is now revoked
+-- Returns  {1, generation to issue, created_at_ms, last_used_at_ms}  rotated, or within
+--                                                     the grace window
+--          {0}                                        no such live session
+--          {2}                                        reuse: the session is now revoked
 -- Time     the caller's clock (ARGV[3]).
 -- The current generation g rotates. g - 1 within `grace` of that rotation answers with the
 -- same successor g (parallel tabs, a lost response, a replay of this script by a client
 -- retry). Anything older, or g - 1 after the grace window, is token reuse.
+-- Only login and rotation set last_used_at ('u'), so it is also the time of the last
+-- rotation that the grace window counts from; a repeat within the grace window is the
+-- same refresh again and changes nothing.
 local sid, presented = ARGV[1], tonumber(ARGV[2])
 local now, idle_ttl, max_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local grace, channel = tonumber(ARGV[6]), ARGV[7]
 local index, session = KEYS[1], KEYS[2]
 
-local fields = redis.call('HMGET', session, 'gen', 'c', 'u', 'rot')
+local fields = redis.call('HMGET', session, 'gen', 'c', 'u')
 if not fields[1] then
   return {0}
 end
-local current, created, last_used, rotated = tonumber(fields[1]), tonumber(fields[2]),
-  tonumber(fields[3]), tonumber(fields[4])
+local current, created, last_used = tonumber(fields[1]), tonumber(fields[2]), tonumber(fields[3])
 
 local function drop()
   redis.call('DEL', session)
@@ -32,23 +35,21 @@ if now >= last_used + idle_ttl or now >= created + max_ttl then
   return {0}
 end
 
-local next_generation
-if presented == current then
-  next_generation = current + 1
-  redis.call('HSET', session, 'gen', next_generation, 'rot', now, 'u', now)
-elseif presented == current - 1 and now - rotated <= grace then
-  next_generation = current
-  redis.call('HSET', session, 'u', now)
-else
+if presented == current - 1 and now - last_used <= grace then
+  return {1, current, created, last_used}
+end
+if presented ~= current then
   drop()
   redis.call('PUBLISH', channel, sid)
   return {2}
 end
 
+local next_generation = current + 1
+redis.call('HSET', session, 'gen', next_generation, 'u', now)
 local ttl = math.min(idle_ttl, created + max_ttl - now)
 redis.call('PEXPIRE', session, ttl)
 redis.call('ZADD', index, now, sid)
 if redis.call('PTTL', index) < ttl then
   redis.call('PEXPIRE', index, ttl)
 end
-return {1, next_generation, created}
+return {1, next_generation, created, now}
