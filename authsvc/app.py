@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 # Server limits for every way of serving the app: large enough that an oversized
 # Authorization header reaches authsvc and gets its JSON 401 instead of aiohttp's bare 400.
 HANDLER_ARGS: dict[str, Any] = {"max_field_size": 65536, "max_line_size": 65536}
+# Seconds each shutdown step may take: a step that hangs (a dead Redis, a library that
+# swallows a cancellation) is logged and left behind, so that SIGTERM always ends the process.
+STOP_WAIT = 3.0
 
 
 def load_keyring(settings: Settings) -> KeyRing:
@@ -86,9 +89,7 @@ async def _access_log(app: web.Application) -> AsyncIterator[None]:
     )
     flusher = asyncio.create_task(access_log.run(), name="authsvc.access_log")
     yield
-    flusher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await flusher
+    await _stop(flusher)
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
@@ -100,7 +101,11 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         app[REDIS] = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         log.info("storage: %s", "Redis Cluster" if settings.redis_cluster else "Redis")
     yield
-    await app[REDIS].aclose()
+    try:
+        async with asyncio.timeout(STOP_WAIT):
+            await app[REDIS].aclose()
+    except TimeoutError:
+        log.warning("storage connections did not close within %s s", STOP_WAIT)
 
 
 async def _hasher(app: web.Application) -> AsyncIterator[None]:
@@ -153,13 +158,18 @@ def _service(clock: Clock):  # type: ignore[no-untyped-def]
             async with asyncio.timeout(2.0):
                 await feed.wait_subscribed()
         yield
-        for t in (task, pruner):
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        await feed.close()
+        await _stop(task, pruner)
 
     return service
+
+
+async def _stop(*tasks: asyncio.Task[None]) -> None:
+    """Cancel background tasks and wait, at most STOP_WAIT, for them to end."""
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=STOP_WAIT)
+    for task in pending:
+        log.warning("%s did not stop within %s s", task.get_name(), STOP_WAIT)
 
 
 async def _prune(gate: SessionGate, every: float) -> None:

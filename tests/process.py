@@ -49,4 +49,23 @@ class Service:
         """SIGTERM, then wait for the exit status."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
+        return self.wait_exit(timeout)
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        """The exit status; a process still running after `timeout` is killed and the test
+        fails with the end of its log."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            tail = "\n".join(self.log.read_text().splitlines()[-30:])
+            raise AssertionError(f"authsvc did not exit within {timeout} s:\n{tail}") from None
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:  # the test failed before stopping it
+            self.process.kill()
+            self.process.wait()

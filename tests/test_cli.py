@@ -28,8 +28,7 @@ def _authsvc(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 
 async def test_embedded_default_serves_the_whole_flow_and_stops_cleanly(tmp_path: Path) -> None:
-    service = Service({"AUTHSVC_BCRYPT_ROUNDS": "4"}, log=tmp_path / "serve.log")
-    try:
+    with Service({"AUTHSVC_BCRYPT_ROUNDS": "4"}, log=tmp_path / "serve.log") as service:
         service.wait_ready()
         async with aiohttp.ClientSession(service.url) as http:
             creds = {"email": "embedded@example.com", "password": "embedded password"}
@@ -41,7 +40,6 @@ async def test_embedded_default_serves_the_whole_flow_and_stops_cleanly(tmp_path
             assert (await http.post("/v1/auth/logout", headers=headers)).status == 204
             assert (await http.get("/v1/me", headers=headers)).status == 401
             assert (await http.get("/readyz")).status == 200
-    finally:
         assert service.stop() == 0
     lines = (tmp_path / "serve.log").read_text().splitlines()
     storage = [json.loads(line) for line in lines if '"storage: ' in line]

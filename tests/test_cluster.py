@@ -173,8 +173,6 @@ async def test_revocation_from_a_script_on_one_master_reaches_subscribers_on_eve
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for feed in feeds:
-            await feed.close()
 
 
 async def test_feed_resubscribes_on_another_node_when_its_connection_is_killed(

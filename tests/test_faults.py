@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from authsvc.settings import Settings
+from authsvc.store.revocations import RevocationFeed
 from tests.conftest import Backend, ClientFactory, RedisServer, with_
 from tests.helpers import Client, bearer, login, me_status, raw_redis, refresh, signup
 from tests.process import Service
@@ -79,17 +80,19 @@ async def test_sigterm_finishes_requests_in_flight_and_exits_zero(
         "AUTHSVC_DATA_DIR": str(tmp_path / "data"),
         "AUTHSVC_IP_RATE_LIMIT": "0",
     }
-    service = Service(env, log=tmp_path / "serve.log")
-    service.wait_ready()
-    creds = {"email": "drain@example.com", "password": "drain password"}
-    async with aiohttp.ClientSession(service.url) as http:
-        assert (await http.post("/v1/auth/signup", json=creds)).status == 201
-        logins = [asyncio.ensure_future(http.post("/v1/auth/login", json=creds)) for _ in range(8)]
-        await asyncio.sleep(0.3)  # all eight are accepted and queued for bcrypt
-        service.process.send_signal(signal.SIGTERM)
-        responses = await asyncio.gather(*logins)
-        assert [r.status for r in responses] == [200] * 8
-    assert service.process.wait(timeout=20) == 0
+    with Service(env, log=tmp_path / "serve.log") as service:
+        service.wait_ready()
+        creds = {"email": "drain@example.com", "password": "drain password"}
+        async with aiohttp.ClientSession(service.url) as http:
+            assert (await http.post("/v1/auth/signup", json=creds)).status == 201
+            logins = [
+                asyncio.ensure_future(http.post("/v1/auth/login", json=creds)) for _ in range(8)
+            ]
+            await asyncio.sleep(0.3)  # all eight are accepted and queued for bcrypt
+            service.process.send_signal(signal.SIGTERM)
+            responses = await asyncio.gather(*logins)
+            assert [r.status for r in responses] == [200] * 8
+        assert service.wait_exit() == 0
 
 
 async def test_workers_accept_each_others_tokens_and_revocations(
@@ -101,8 +104,7 @@ async def test_workers_accept_each_others_tokens_and_revocations(
         "AUTHSVC_BCRYPT_ROUNDS": "4",
         "AUTHSVC_DATA_DIR": str(tmp_path / "data"),
     }
-    service = Service(env, "--workers", "2", log=tmp_path / "serve.log")
-    try:
+    with Service(env, "--workers", "2", log=tmp_path / "serve.log") as service:
         service.wait_ready()
         deadline = time.monotonic() + 20
         while len(_listening_pids(tmp_path / "serve.log")) < 2:
@@ -124,7 +126,6 @@ async def test_workers_accept_each_others_tokens_and_revocations(
         deadline = time.monotonic() + 1.0
         while 200 in [await fresh_connection_status() for _ in range(10)]:
             assert time.monotonic() < deadline, "a worker still accepts a revoked session"
-    finally:
         assert service.stop() == 0
     assert (tmp_path / "data" / "jwks.json").stat().st_mode & 0o777 == 0o600
 
@@ -135,3 +136,38 @@ def _listening_pids(log: Path) -> set[int]:
         for line in log.read_text().splitlines()
         if '"msg": "listening"' in line
     }
+
+
+class _TimeoutOnCancel:
+    """A pub/sub client whose read turns a cancellation into TimeoutError, as a read
+    timeout that meets the cancellation can."""
+
+    subscriptions = 0
+
+    def pubsub(self) -> _TimeoutOnCancel:
+        return self
+
+    async def subscribe(self, channel: str) -> None:
+        self.subscriptions += 1
+        if self.subscriptions > 1:  # ends the test's task instead of looping forever
+            raise RuntimeError("subscribed again after being cancelled")
+
+    async def get_message(self, **_: object) -> dict[str, str]:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise TimeoutError from None
+        return {}
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_cancelled_feed_stops_even_when_the_cancellation_surfaces_as_a_timeout() -> None:
+    feed = RevocationFeed(_TimeoutOnCancel(), "channel", lambda session_id: None)  # type: ignore[arg-type]
+    task = asyncio.create_task(feed.run())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=1.0)
+    assert done == {task}
+    assert task.cancelled()

@@ -33,10 +33,10 @@ def live(redis_backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> It
         "AUTHSVC_IP_RATE_LIMIT": "0",
         "AUTHSVC_LOG_LEVEL": "warning",
     }
-    service = Service(env, log=directory / "serve.log")
-    service.wait_ready()
-    yield service.url
-    assert service.stop() == 0
+    with Service(env, log=directory / "serve.log") as service:
+        service.wait_ready()
+        yield service.url
+        assert service.stop() == 0
 
 
 @pytest.fixture

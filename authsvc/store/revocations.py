@@ -52,6 +52,10 @@ class RevocationFeed:
             try:
                 await self._listen()
             except (RedisError, OSError) as exc:
+                # A cancellation that meets a read timeout can surface as TimeoutError (an
+                # OSError): a feed that is being stopped must stop, not resubscribe.
+                if _cancelling():
+                    raise asyncio.CancelledError from exc
                 if self.healthy:
                     log.warning("revocation feed lost: %s", type(exc).__name__)
                     delay = 0.05
@@ -99,6 +103,7 @@ class RevocationFeed:
                 if owned:
                     await client.aclose()
 
-    async def close(self) -> None:
-        """Nothing left to close once `run` has been cancelled: each subscription closes
-        the client it was given. Kept so that shutdown code need not know that."""
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
