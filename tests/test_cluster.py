@@ -1,5 +1,5 @@
 """authsvc on a real three-master Redis Cluster that this module starts: revocations across
-masters, script cache per node, MOVED / TRYAGAIN during slot migration, the bounded pool."""
+masters, script cache per node, MOVED / TRYAGAIN during slot migration, the cluster client."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from authsvc.settings import Settings
-from authsvc.store import client as client_module
 from authsvc.store.client import BoundedRedisCluster, connect, pubsub_client
 from authsvc.store.keys import Keys
 from authsvc.store.revocations import RevocationFeed
@@ -303,60 +302,6 @@ async def test_a_stuck_migration_is_a_quick_503_not_a_500(
         move.finish()
     status, body = await refresh(client, tokens["refresh_token"])
     assert status == 200, body
-
-
-async def test_pool_waits_for_a_free_connection_instead_of_failing(
-    cluster3: RedisCluster3,
-) -> None:
-    name = f"pool{os.getpid()}"
-    client = connect(f"{cluster3.url}?client_name={name}", cluster=True)
-    key = f"{name}:{{u:pool}}:list"
-    owner = _owner(cluster3, key)
-    peak = 0
-
-    async def count() -> None:
-        nonlocal peak
-        with _node(owner) as r:
-            while True:
-                listed = str(r.execute_command("CLIENT", "LIST"))
-                peak = max(peak, listed.count(f"name={name} "))
-                await asyncio.sleep(0.01)
-
-    counter = asyncio.create_task(count())
-    try:
-        # 3 * POOL_SIZE commands that each hold a connection for 0.1 s.
-        replies = await asyncio.gather(
-            *(client.blpop([key], timeout=0.1) for _ in range(3 * client_module.POOL_SIZE))
-        )
-        assert replies == [None] * (3 * client_module.POOL_SIZE)
-    finally:
-        counter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await counter
-        await client.aclose()
-    # POOL_SIZE for commands, and the one that redis-py keeps for reading the layout.
-    assert client_module.POOL_SIZE // 2 < peak <= client_module.POOL_SIZE + 1
-
-
-async def test_pool_gives_up_after_its_wait_with_a_connection_error(
-    cluster3: RedisCluster3, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(client_module, "POOL_WAIT", 0.05)
-    client = connect(cluster3.url, cluster=True)
-    key = f"wait{os.getpid()}:{{u:wait}}:list"
-
-    async def hold() -> None:
-        await client.blpop([key], timeout=0.3)
-
-    try:
-        busy = [asyncio.create_task(hold()) for _ in range(client_module.POOL_SIZE)]
-        await asyncio.sleep(0.05)
-        with pytest.raises(RedisConnectionError, match="No connection available"):
-            await client.get(key)
-        await asyncio.gather(*busy)
-        assert await client.get(key) is None
-    finally:
-        await client.aclose()
 
 
 async def test_an_unreachable_cluster_raises_redis_errors_only() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -10,8 +11,13 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from authsvc.settings import Settings
+from authsvc.store import client as client_module
+from authsvc.store.client import connect
 from authsvc.store.revocations import RevocationFeed
 from tests.conftest import Backend, ClientFactory, RedisServer, with_
 from tests.helpers import Client, bearer, login, me_status, raw_redis, refresh, signup
@@ -171,3 +177,68 @@ async def test_a_cancelled_feed_stops_even_when_the_cancellation_surfaces_as_a_t
     done, _ = await asyncio.wait([task], timeout=1.0)
     assert done == {task}
     assert task.cancelled()
+
+
+def _masters(backend: Backend) -> list[int]:
+    port = int(backend.url.rsplit(":", 1)[1].split("/")[0])
+    if not backend.cluster:
+        return [port]
+    with redis.Redis(port=port) as r:
+        return sorted({int(shard[2][1]) for shard in r.execute_command("CLUSTER", "SLOTS")})
+
+
+async def test_a_full_pool_waits_for_a_free_connection_instead_of_failing(
+    redis_backend: Backend,
+) -> None:
+    name = f"pool{os.getpid()}"
+    client = connect(f"{redis_backend.url}?client_name={name}", cluster=redis_backend.cluster)
+    key = f"{name}:{{u:pool}}:list"
+    peak = 0
+
+    async def count() -> None:
+        nonlocal peak
+        nodes = [redis.Redis(port=port) for port in _masters(redis_backend)]
+        try:
+            while True:
+                for r in nodes:
+                    peak = max(peak, sum(c["name"] == name for c in r.client_list()))
+                await asyncio.sleep(0.01)
+        finally:
+            for r in nodes:
+                r.close()
+
+    counter = asyncio.create_task(count())
+    try:
+        # 3 * POOL_SIZE commands that each hold a connection for 0.1 s.
+        replies = await asyncio.gather(
+            *(client.blpop([key], timeout=0.1) for _ in range(3 * client_module.POOL_SIZE))
+        )
+        assert replies == [None] * (3 * client_module.POOL_SIZE)
+    finally:
+        counter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await counter
+        await client.aclose()
+    # POOL_SIZE for commands (and on a cluster the one redis-py keeps for the layout).
+    assert client_module.POOL_SIZE // 2 < peak <= client_module.POOL_SIZE + 1
+
+
+async def test_a_full_pool_gives_up_after_its_wait_with_a_connection_error(
+    redis_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "POOL_WAIT", 0.05)
+    client = connect(redis_backend.url, cluster=redis_backend.cluster)
+    key = f"wait{os.getpid()}:{{u:wait}}:list"
+
+    async def hold() -> None:
+        await client.blpop([key], timeout=0.3)
+
+    try:
+        busy = [asyncio.create_task(hold()) for _ in range(client_module.POOL_SIZE)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(RedisConnectionError, match="No connection available"):
+            await client.get(key)
+        await asyncio.gather(*busy)
+        assert await client.get(key) is None
+    finally:
+        await client.aclose()

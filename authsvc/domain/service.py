@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import re
 import unicodedata
+from typing import NamedTuple
 
 from authsvc.domain.clock import Clock
 from authsvc.domain.errors import (
@@ -57,9 +58,9 @@ class TokenSet:
     session_id: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Principal:
-    """The caller behind a valid access token."""
+class Principal(NamedTuple):
+    """The caller behind a valid access token (a tuple: made on every authenticated request,
+    and a frozen dataclass costs several times as much to build)."""
 
     user_id: str
     session_id: str

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import hmac
 import re
 import secrets
@@ -174,5 +173,5 @@ def _b64(data: bytes) -> bytes:
 
 
 def _mac(key: bytes, body: str) -> str:
-    digest = hmac.new(key, body.encode(), hashlib.sha256).digest()[:16]
+    digest = hmac.digest(key, body.encode(), "sha256")[:16]  # one-shot: no HMAC object
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()

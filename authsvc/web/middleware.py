@@ -35,8 +35,8 @@ _sequence = itertools.count()
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Run the handler; turn every failure into the contract's JSON error; measure; log."""
     started = time.perf_counter()
-    request_id = request.headers.get("X-Request-Id", "")
-    if not _REQUEST_ID.fullmatch(request_id):
+    request_id = request.headers.get("X-Request-Id")
+    if request_id is None or not _REQUEST_ID.fullmatch(request_id):
         request_id = f"{_ID_PREFIX}{next(_sequence):08x}"
     metrics = request.app[METRICS]
     resource = request.match_info.route.resource
