@@ -167,9 +167,12 @@ async def _stop(*tasks: asyncio.Task[None]) -> None:
     """Cancel background tasks and wait, at most STOP_WAIT, for them to end."""
     for task in tasks:
         task.cancel()
-    _, pending = await asyncio.wait(tasks, timeout=STOP_WAIT)
+    done, pending = await asyncio.wait(tasks, timeout=STOP_WAIT)
     for task in pending:
         log.warning("%s did not stop within %s s", task.get_name(), STOP_WAIT)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s failed: %r", task.get_name(), task.exception())
 
 
 async def _prune(gate: SessionGate, every: float) -> None:
