@@ -1,5 +1,6 @@
-"""The Lua scripts, one per atomic operation, registered once per client (EVALSHA with
-automatic reload after NOSCRIPT, e.g. a flushed script cache or a failed-over Redis)."""
+"""The Lua scripts, one per atomic operation, registered once per client: EVALSHA, loaded
+again after NOSCRIPT (a flushed script cache, a restarted or failed-over Redis). On a single
+server the calls are pipelined automatically (BoundedRedis.evalsha_batched)."""
 
 from __future__ import annotations
 
@@ -7,24 +8,36 @@ from importlib import resources
 from typing import Any
 
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
-from authsvc.store.client import Client
+from authsvc.store.client import BoundedRedis, Client
+
+
+class Script:
+    """One script, called as `await script(keys=[...], args=[...])`."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        text = resources.files("authsvc.store.lua").joinpath(f"{name}.lua").read_text("utf-8")
+        self._script: AsyncScript = client.register_script(text)
+        self._batched = client if isinstance(client, BoundedRedis) else None
+
+    async def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
+        if self._batched is None:
+            return await self._script(keys=keys, args=args)
+        try:
+            return await self._batched.evalsha_batched(self._script.sha, keys, args)
+        except NoScriptError:  # it did not run; redis-py's script loads it and runs it
+            return await self._script(keys=keys, args=args)
 
 
 class Scripts:
     """All scripts, registered with one client."""
 
     def __init__(self, client: Client) -> None:
-        self.create_account = _register(client, "create_account")
-        self.create_session = _register(client, "create_session")
-        self.rotate_session = _register(client, "rotate_session")
-        self.revoke_sessions = _register(client, "revoke_sessions")
-        self.list_sessions = _register(client, "list_sessions")
-        self.probe_session = _register(client, "probe_session")
-        self.hit_counter = _register(client, "hit_counter")
-
-
-def _register(client: Client, name: str) -> AsyncScript:
-    text = resources.files("authsvc.store.lua").joinpath(f"{name}.lua").read_text("utf-8")
-    script: Any = client.register_script(text)
-    return script  # type: ignore[no-any-return]
+        self.create_account = Script(client, "create_account")
+        self.create_session = Script(client, "create_session")
+        self.rotate_session = Script(client, "rotate_session")
+        self.revoke_sessions = Script(client, "revoke_sessions")
+        self.list_sessions = Script(client, "list_sessions")
+        self.probe_session = Script(client, "probe_session")
+        self.hit_counter = Script(client, "hit_counter")

@@ -1,0 +1,114 @@
+"""Automatic pipelining of scripts on a single Redis (BoundedRedis.evalsha_batched)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.exceptions import RedisError
+
+from authsvc.store.client import BoundedRedis, connect
+from authsvc.store.keys import Keys
+from authsvc.store.scripts import Scripts
+from authsvc.store.sessions import Rotation, SessionStore, SessionTimes
+from tests.conftest import RedisServer, free_port
+
+DAY_MS = 86_400_000
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[BoundedRedis]:
+    client = connect(redis_server.url, cluster=False)
+    assert isinstance(client, BoundedRedis)
+    yield client
+    await client.aclose()
+
+
+def _store(client: BoundedRedis, name: str) -> SessionStore:
+    return SessionStore(
+        client, Keys(f"{name}{os.getpid()}"), Scripts(client), SessionTimes(DAY_MS, DAY_MS)
+    )
+
+
+def _count_pipelines(client: BoundedRedis, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    made: list[int] = []
+    pipeline = client.pipeline
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(1)
+        return pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(client, "pipeline", counting)
+    return made
+
+
+async def _logged_in(store: SessionStore, user: str, sessions: int) -> None:
+    for i in range(sessions):
+        await store.create(
+            user_id=user,
+            session_id=f"s{i}",
+            email=f"{user}@example.com",
+            now_ms=1_000 + i,
+            limit=sessions,
+            user_agent="test",
+            ip="127.0.0.1",
+        )
+
+
+async def test_concurrent_script_calls_travel_in_one_pipeline(
+    client: BoundedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(client, "batch")
+    users = [f"u{i}" for i in range(50)]
+    for user in users:
+        await _logged_in(store, user, 1)
+    made = _count_pipelines(client, monkeypatch)
+    results = await asyncio.gather(
+        *(
+            store.rotate(user_id=u, session_id="s0", generation=0, now_ms=2_000, grace_ms=10_000)
+            for u in users
+        )
+    )
+    assert [r.outcome for r in results] == [Rotation.ROTATED] * 50
+    assert [r.generation for r in results] == [1] * 50
+    assert made == [1]
+
+
+async def test_a_batch_after_a_script_flush_loads_the_script_and_answers_every_call(
+    client: BoundedRedis,
+) -> None:
+    store = _store(client, "flush")
+    await _logged_in(store, "alice", 5)
+    await client.script_flush()
+    listed = await asyncio.gather(*(store.list("alice", 2_000) for _ in range(20)))
+    assert [len(rows) for rows in listed] == [5] * 20
+
+
+async def test_a_cancelled_caller_leaves_the_rest_of_its_batch_answered(
+    client: BoundedRedis,
+) -> None:
+    store = _store(client, "cancel")
+    await _logged_in(store, "bob", 3)
+    calls = [asyncio.ensure_future(store.list("bob", 2_000)) for _ in range(10)]
+    await asyncio.sleep(0)  # all ten are in one batch, not yet sent
+    calls[3].cancel()
+    done = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(done[3], asyncio.CancelledError)
+    assert [len(rows) for i, rows in enumerate(done) if i != 3] == [3] * 9  # type: ignore[arg-type]
+
+
+async def test_a_batch_that_cannot_reach_redis_fails_every_call_with_a_redis_error() -> None:
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", cluster=False)
+    assert isinstance(client, BoundedRedis)
+    try:
+        scripts = Scripts(client)
+        outcomes = await asyncio.gather(
+            *(scripts.hit_counter(keys=["k"], args=[1000]) for _ in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, RedisError) for o in outcomes), outcomes
+    finally:
+        await client.aclose()
