@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -306,3 +307,23 @@ async def test_failed_login_writes_no_session(client: Client, settings: Settings
     r = raw_redis(settings)
     assert [k async for k in r.scan_iter(f"{settings.key_prefix}:{{u:{user_id}}}:*")] == []
     await r.aclose()
+
+
+async def test_a_user_agent_that_is_not_utf8_is_stored_with_its_bad_bytes_replaced(
+    client: Client,
+) -> None:
+    await signup(client, "ua@example.com")
+    body = json.dumps({"email": "ua@example.com", "password": PASSWORD}).encode()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        b"POST /v1/auth/login HTTP/1.1\r\nHost: authsvc\r\nContent-Type: application/json\r\n"
+        b"User-Agent: caf\xe9 \xff\xfe browser\r\nConnection: close\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    status_line, _, payload = (await reader.read()).partition(b"\r\n\r\n")
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 200"), status_line
+    sessions = await client.get("/v1/sessions", headers=bearer(json.loads(payload)))
+    assert [s["user_agent"] for s in (await sessions.json())["sessions"]] == ["caf? ?? browser"]

@@ -1,4 +1,5 @@
-"""Automatic pipelining of scripts on a single Redis (BoundedRedis.evalsha_batched)."""
+"""The single-server client: automatic pipelining of scripts (BoundedRedis.evalsha_batched)
+and command packing by hiredis."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import RedisError
 
-from authsvc.store.client import BoundedRedis, connect
+from authsvc.store.client import BoundedRedis, HiredisPackingConnection, connect
 from authsvc.store.keys import Keys
 from authsvc.store.scripts import Scripts
 from authsvc.store.sessions import Rotation, SessionStore, SessionTimes
@@ -112,3 +114,21 @@ async def test_a_batch_that_cannot_reach_redis_fails_every_call_with_a_redis_err
         assert all(isinstance(o, RedisError) for o in outcomes), outcomes
     finally:
         await client.aclose()
+
+
+def test_hiredis_packing_sends_the_bytes_redis_py_would() -> None:
+    args = ("EVALSHA", "f" * 40, 2, "p:{u:ab}:s", "p:{u:ab}:s:cd", "cd", 17, 1_764_190_000_000)
+    ours = HiredisPackingConnection().pack_command(*args)
+    assert b"".join(ours) == b"".join(Connection().pack_command(*args))
+
+
+def test_tls_and_unix_socket_urls_keep_their_own_connection_class() -> None:
+    def connection_class(url: str) -> type:
+        client = connect(url, cluster=False)
+        assert isinstance(client, BoundedRedis)
+        cls: type = client.connection_pool.connection_class
+        return cls
+
+    assert connection_class("redis://127.0.0.1:6379/0") is HiredisPackingConnection
+    assert connection_class("rediss://127.0.0.1:6379/0") is SSLConnection
+    assert connection_class("unix:///tmp/redis.sock") is UnixDomainSocketConnection

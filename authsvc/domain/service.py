@@ -80,6 +80,12 @@ class SessionInfo:
     current: bool
 
 
+def _user_agent(header: str) -> str:
+    """The first characters of a User-Agent header as storable text: bytes that were not
+    UTF-8, which the HTTP parser keeps as lone surrogates, become "?"."""
+    return header[:MAX_USER_AGENT_LENGTH].encode("utf-8", "replace").decode()
+
+
 def normalize_email(email: str) -> str:
     """Trim, NFC-normalize and lower-case an email; InvalidRequest if it is not one."""
     if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(email):
@@ -152,7 +158,7 @@ class AuthService:
             email=email,
             now_ms=int(now * 1000),
             limit=self._policy.session_limit,
-            user_agent=user_agent[:MAX_USER_AGENT_LENGTH],
+            user_agent=_user_agent(user_agent),
             ip=ip,
         )
         for victim in evicted:

@@ -12,6 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ClusterError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -32,6 +33,18 @@ CLUSTER_REDIRECT_RETRIES = (0.05, 0.2)
 def _retry() -> Retry:
     # Two quick retries; every script is safe to replay (see the script headers).
     return Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
+
+
+class HiredisPackingConnection(Connection):
+    """redis-py's asyncio connection packs commands in Python, while its sync client uses
+    hiredis's C packer when hiredis is installed (it is: redis[hiredis]). This connection
+    uses that packer too: the same bytes at less than half the cost."""
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        packed: list[bytes] = self._packer.pack(*args)
+        return packed
 
 
 async def _take_turn(gate: asyncio.Semaphore) -> None:
@@ -213,6 +226,8 @@ def connect(url: str, *, cluster: bool) -> Client:
         return BoundedRedisCluster.from_url(
             url, max_connections=POOL_SIZE, retry=_retry(), reinitialize_steps=0, **common
         )
+    if url.startswith("redis://"):  # rediss:// and unix:// bring their own connection class
+        common["connection_class"] = HiredisPackingConnection
     # The pool holds POOL_SIZE connections for commands (BoundedRedis keeps to that) and
     # one for the revocation feed; the client owns it and closes it with itself.
     return BoundedRedis.from_url(
