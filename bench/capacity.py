@@ -17,11 +17,7 @@ import argparse
 import asyncio
 import dataclasses
 import functools
-import os
 import random
-import signal
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from procs import free_port, start_redis
 
 import authsvc
 from authsvc.domain.service import MAX_USER_AGENT_LENGTH
@@ -86,64 +83,6 @@ class Sample:
     encoding: str
 
 
-def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def start_redis(port: int, workdir: Path, config: list[str]) -> subprocess.Popen[bytes]:
-    """redis-server on 127.0.0.1:`port`, no persistence, extra `name=value` settings."""
-    argv = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-        "--logfile",
-        str(workdir / "redis.log"),
-    ]
-    for setting in config:
-        name, _, value = setting.partition("=")
-        argv += [f"--{name}", value]
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM by pid, SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    os.kill(process.pid, signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(10)
-
-
-async def wait_ready(client: aioredis.Redis, process: subprocess.Popen[bytes]) -> None:
-    """Return once the server answers PING."""
-    deadline = time.monotonic() + 15
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with status {process.returncode}")
-        try:
-            if await client.ping():
-                return
-        except (aioredis.ConnectionError, OSError):
-            if time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.05)
-
-
 async def used_memory(client: aioredis.Redis) -> int:
     """INFO used_memory less client buffers (mem_clients_normal: this benchmark's own
     connections), once steady: a keyspace dict being rehashed holds two tables until
@@ -190,7 +129,7 @@ async def run(plan: Plan, port: int) -> None:
     try:
         # Load every script first, so the script cache is part of the baseline.
         for script in vars(scripts).values():
-            await client.script_load(script.script)
+            await client.script_load(script.text)
         users = [
             (new_id(), f"{rng.choice(FIRST_NAMES)}.{i}@{rng.choice(DOMAINS)}")
             for i in range(plan.users)
@@ -343,17 +282,16 @@ def main() -> None:
         config = list(args.redis_config)
         if args.cluster:  # the bus port would be port + 10000, maybe past 65535
             config += ["cluster-enabled=yes", f"cluster-port={free_port()}"]
-        process = start_redis(port, Path(workdir), config)
+        server = start_redis("redis", core=1, workdir=Path(workdir), port=port, config=config)
         try:
-            asyncio.run(_main(plan, port, process, cluster=args.cluster))
+            asyncio.run(_main(plan, port, cluster=args.cluster))
         finally:
-            stop(process)
+            server.stop()
 
 
-async def _main(plan: Plan, port: int, process: subprocess.Popen[bytes], *, cluster: bool) -> None:
+async def _main(plan: Plan, port: int, *, cluster: bool) -> None:
     probe = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
     try:
-        await wait_ready(probe, process)
         if cluster:
             # One node owning every slot: keys carry the cluster's per-key bookkeeping and
             # the scripts run under cluster rules, yet a plain client reaches every key.

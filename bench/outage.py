@@ -16,28 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
 from client import login, request, signup
-from procs import Proc, free_port, spawn, start_authsvc, wait_http
-
-
-def start_redis_on(port: int, workdir: Path) -> Proc:
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(workdir)]
-    proc = spawn("redis", argv, core=1, port=port, log=workdir / "redis.log", env=None)
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.stop()
-                raise
-            time.sleep(0.02)
-    client.close()
-    return proc
+from procs import free_port, start_authsvc, start_redis, wait_http
 
 
 def timed(
@@ -53,7 +33,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="authsvc-outage-") as tmp:
         workdir = Path(tmp)
         port = free_port()
-        server = start_redis_on(port, workdir)
+        server = start_redis("redis", core=1, workdir=workdir, port=port)
         env = {"AUTHSVC_BCRYPT_ROUNDS": "4", "AUTHSVC_TRUSTED_PROXIES": "127.0.0.1/32"}
         authsvc = start_authsvc(
             "authsvc", core=0, workdir=workdir, redis=server, extra_env=env, source=None
@@ -85,7 +65,7 @@ def main() -> None:
             healthz, _ = timed(authsvc.port, "GET", "/healthz")
             print(f"Redis down  GET /healthz             status {healthz}")
             print(f"(Redis was down for {time.perf_counter() - stopped:.1f} s)")
-            server = start_redis_on(port, workdir)
+            server = start_redis("redis", core=1, workdir=workdir, port=port)
             back = time.perf_counter()
             wait_http(authsvc, "/readyz")
             ready = time.perf_counter() - back

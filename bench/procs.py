@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -88,9 +88,17 @@ def spawn(
     return Proc(name, process, port, log)
 
 
-def start_redis(name: str, *, core: int, workdir: Path) -> Proc:
-    """A redis-server without persistence on a free loopback port."""
-    port = free_port()
+def start_redis(
+    name: str,
+    *,
+    core: int,
+    workdir: Path,
+    port: int | None = None,
+    config: Sequence[str] = (),
+) -> Proc:
+    """A redis-server without persistence on loopback, on `port` (default: a free one),
+    with extra `name=value` settings from `config`; returns once it answers PING."""
+    port = free_port() if port is None else port
     argv = [
         "redis-server",
         "--port",
@@ -104,6 +112,9 @@ def start_redis(name: str, *, core: int, workdir: Path) -> Proc:
         "--dir",
         str(workdir),
     ]
+    for setting in config:
+        key, _, value = setting.partition("=")
+        argv += [f"--{key}", value]
     proc = spawn(name, argv, core=core, port=port, log=workdir / f"{name}.log", env=None)
     _ready_or_stop(proc, lambda: _wait_redis(proc))
     return proc

@@ -17,8 +17,8 @@ class Script:
     """One script, called as `await script(keys=[...], args=[...])`."""
 
     def __init__(self, client: Client, name: str) -> None:
-        text = resources.files("authsvc.store.lua").joinpath(f"{name}.lua").read_text("utf-8")
-        self._script: AsyncScript = client.register_script(text)
+        self.text = resources.files("authsvc.store.lua").joinpath(f"{name}.lua").read_text("utf-8")
+        self._script: AsyncScript = client.register_script(self.text)
         self._batched = client if isinstance(client, BoundedRedis) else None
 
     async def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
