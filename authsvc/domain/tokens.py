@@ -173,5 +173,5 @@ def _b64(data: bytes) -> bytes:
 
 
 def _mac(key: bytes, body: str) -> str:
-    digest = hmac.digest(key, body.encode(), "sha256")[:16]  # one-shot: no HMAC object
+    digest = hmac.digest(key, body.encode(), "sha256")[:16]
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
