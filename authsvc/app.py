@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from authsvc.domain.clock import Clock, system_clock
 from authsvc.domain.gate import SessionGate
-from authsvc.domain.keys import KeyRing, data_dir_keyring, generate_jwks
+from authsvc.domain.keys import KeyRing, KeySetError, data_dir_keyring, generate_jwks
 from authsvc.domain.passwords import Hasher
 from authsvc.domain.service import AuthService, Policy
 from authsvc.domain.throttle import Throttle
@@ -23,11 +25,11 @@ from authsvc.metrics import Metrics
 from authsvc.settings import Settings
 from authsvc.store import client as redis_client
 from authsvc.store.accounts import AccountStore
-from authsvc.store.counters import CounterStore
 from authsvc.store.keys import Keys
 from authsvc.store.revocations import RevocationFeed
 from authsvc.store.scripts import Scripts
 from authsvc.store.sessions import SessionStore, SessionTimes
+from authsvc.store.throttles import ThrottleStore
 from authsvc.web.access_log import AccessLog
 from authsvc.web.context import (
     ACCESS_LOG,
@@ -54,14 +56,33 @@ STOP_WAIT = 3.0
 
 
 def load_keyring(settings: Settings) -> KeyRing:
-    """The signing keys the settings name (see AUTHSVC_JWKS_FILE and AUTHSVC_DATA_DIR)."""
-    if settings.jwks_file is not None:
-        return KeyRing.from_file(settings.jwks_file)
+    """The signing keys the settings name (see AUTHSVC_JWKS_FILE and AUTHSVC_DATA_DIR);
+    KeySetError names the variable whose keys cannot be used."""
     if settings.jwt_secret is not None:
         return KeyRing.from_secret(settings.jwt_secret)
-    if settings.embedded:
+    if settings.jwks_file is None and settings.embedded:
         return KeyRing.from_jwks(generate_jwks())
-    return data_dir_keyring(settings.data_dir)
+    variable = "AUTHSVC_JWKS_FILE" if settings.jwks_file is not None else "AUTHSVC_DATA_DIR"
+    try:
+        if settings.jwks_file is None:
+            return data_dir_keyring(settings.data_dir)
+        _warn_if_readable_by_others(settings.jwks_file)
+        return KeyRing.from_file(settings.jwks_file)
+    except (KeySetError, OSError) as exc:
+        raise KeySetError(f"{variable}: {exc}") from None
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    # A warning, not a refusal: container secrets are often mounted readable by all, in a
+    # container that has one user.
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "AUTHSVC_JWKS_FILE: %s holds private keys and is open to other users (mode %o);"
+            " chmod 600 it",
+            path,
+            stat.S_IMODE(mode),
+        )
 
 
 def create_app(
@@ -121,21 +142,23 @@ def _service(clock: Clock):  # type: ignore[no-untyped-def]
         client = app[REDIS]
         keys = Keys(s.key_prefix)
         scripts = Scripts(client)
-        sessions = SessionStore(
-            client, keys, scripts, SessionTimes(s.session_idle_ttl * 1000, s.session_max_ttl * 1000)
-        )
+        times = SessionTimes(s.session_idle_ttl * 1000, s.session_max_ttl * 1000)
+
+        def shift_ms() -> int:
+            return clock.shift_ms
+
+        sessions = SessionStore(client, keys, scripts, times, shift_ms)
         gate = SessionGate(sessions.probe, clock, recheck_after=s.access_token_ttl)
-        feed = RevocationFeed(client, keys.channel, gate.revoked)
+        feed = RevocationFeed(client, keys.channel, lambda ended: gate.revoked(ended.session_id))
         gate.feed = feed
         app[FEED] = feed
         app[SERVICE] = AuthService(
-            accounts=AccountStore(client, keys, scripts),
+            accounts=AccountStore(client, keys, scripts, shift_ms),
             sessions=sessions,
             hasher=app[HASHER],
             throttle=Throttle(
-                CounterStore(client, scripts),
+                ThrottleStore(scripts, shift_ms),
                 keys,
-                clock,
                 failure_limit=s.login_failure_limit,
                 failure_window=s.login_failure_window,
                 ip_limit=s.ip_rate_limit,

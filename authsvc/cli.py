@@ -18,7 +18,7 @@ from aiohttp import web
 from authsvc import logs
 from authsvc.app import HANDLER_ARGS, create_app, load_keyring
 from authsvc.domain.keys import ALGORITHMS, KeySetError, generate_jwks, write_private_jwks
-from authsvc.settings import Settings, SettingsError, load_settings
+from authsvc.settings import Settings, SettingsError, load_settings, risky
 
 log = logging.getLogger("authsvc")
 
@@ -65,11 +65,13 @@ def _serve(host: str, port: int, workers: int, config: Path | None) -> int:
                 "--workers: the embedded storage lives in one process; "
                 "set AUTHSVC_REDIS_URL to run several workers"
             )
+        logs.configure(settings.log_level, settings.log_format)
         load_keyring(settings)  # fail now, and create the host's key set before forking
     except (SettingsError, KeySetError) as exc:
         print(f"authsvc: configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_format)
+    for warning in risky(settings):
+        log.warning(warning)
     if workers == 1:
         _run_worker(settings, host, port, reuse_port=False)
         return 0

@@ -51,9 +51,9 @@ class Settings:
 # (minimum, maximum) for integer settings.
 _BOUNDS: dict[str, tuple[int, int]] = {
     "session_limit": (1, 1000),
-    "access_token_ttl": (10, 86_400),
-    "session_idle_ttl": (60, 31_536_000),
-    "session_max_ttl": (60, 315_360_000),
+    "access_token_ttl": (1, 86_400),
+    "session_idle_ttl": (1, 31_536_000),
+    "session_max_ttl": (1, 315_360_000),
     "refresh_grace": (0, 300),
     "bcrypt_rounds": (4, 31),
     "login_failure_limit": (1, 1_000_000),
@@ -152,3 +152,18 @@ def _check(s: Settings) -> None:
         )
     if any(c in s.key_prefix for c in "{} \t\r\n"):
         raise SettingsError("AUTHSVC_KEY_PREFIX: must not contain braces or white space")
+
+
+def risky(s: Settings) -> list[str]:
+    """Warnings for values that work but are unusual in production (short lifetimes are how
+    client teams test their expiry handling)."""
+    notes = []
+    if s.access_token_ttl < 60:
+        notes.append(f"AUTHSVC_ACCESS_TOKEN_TTL={s.access_token_ttl}: access tokens expire fast")
+    if s.session_idle_ttl < 300:
+        notes.append(f"AUTHSVC_SESSION_IDLE_TTL={s.session_idle_ttl}: sessions end quickly")
+    if s.session_max_ttl < 3600:
+        notes.append(f"AUTHSVC_SESSION_MAX_TTL={s.session_max_ttl}: sessions end quickly")
+    if s.bcrypt_rounds < 10:
+        notes.append(f"AUTHSVC_BCRYPT_ROUNDS={s.bcrypt_rounds}: passwords are cheap to guess")
+    return notes

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 
 from authsvc.app import HANDLER_ARGS, create_app
-from authsvc.domain.clock import FrozenClock
+from authsvc.domain.clock import Clock
 from authsvc.domain.keys import KeyRing, generate_jwks
 from authsvc.settings import Settings
 from tests.cluster import RedisCluster3
@@ -158,8 +158,8 @@ def keyring() -> KeyRing:
 
 
 @pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock(float(int(time.time())))
+def clock() -> Clock:
+    return Clock()
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def settings(redis_backend: Backend) -> Settings:
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Any, clock: FrozenClock, keyring: KeyRing) -> ClientFactory:
+def make_client(aiohttp_client: Any, clock: Clock, keyring: KeyRing) -> ClientFactory:
     """Start an app (several may share one Redis) and return a test client for it."""
 
     async def make(s: Settings, **kwargs: Any) -> TestClient[web.Request, web.Application]:

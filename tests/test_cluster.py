@@ -10,7 +10,6 @@ import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from importlib import resources
 from typing import Any
 
 import pytest
@@ -21,8 +20,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from authsvc.settings import Settings
 from authsvc.store.client import BoundedRedisCluster, connect, pubsub_client
 from authsvc.store.keys import Keys
-from authsvc.store.revocations import RevocationFeed
-from authsvc.store.scripts import Scripts
+from authsvc.store.revocations import Revocation, RevocationFeed
+from authsvc.store.scripts import Scripts, script_text
 from authsvc.store.sessions import SessionStore, SessionTimes
 from tests.cluster import RedisCluster3
 from tests.conftest import ClientFactory, free_port
@@ -119,7 +118,7 @@ async def _eventually(condition: Callable[[], bool], within: float) -> None:
 
 
 def _sha(script: str) -> str:
-    text = resources.files("authsvc.store.lua").joinpath(f"{script}.lua").read_bytes()
+    text = script_text(script).encode()
     return hashlib.sha1(text, usedforsecurity=False).hexdigest()
 
 
@@ -143,10 +142,16 @@ async def test_revocation_from_a_script_on_one_master_reaches_subscribers_on_eve
     cluster3: RedisCluster3, store_client: BoundedRedisCluster
 ) -> None:
     keys = Keys(f"rev{os.getpid()}")
-    store = SessionStore(store_client, keys, Scripts(store_client), SessionTimes(DAY_MS, DAY_MS))
+    store = SessionStore(
+        store_client, keys, Scripts(store_client), SessionTimes(DAY_MS, DAY_MS), int
+    )
     received: list[list[str]] = [[], [], []]
+
+    def hearing(into: list[str]) -> Callable[[Revocation], None]:
+        return lambda ended: into.append(ended.session_id)
+
     feeds = [
-        RevocationFeed(store_client, keys.channel, received[i].append, start=i) for i in range(3)
+        RevocationFeed(store_client, keys.channel, hearing(received[i]), start=i) for i in range(3)
     ]
     tasks = [asyncio.create_task(f.run()) for f in feeds]
     try:
@@ -156,12 +161,12 @@ async def test_revocation_from_a_script_on_one_master_reaches_subscribers_on_eve
         # One feed on each master.
         assert sorted(f.source for f in feeds) == sorted(f"127.0.0.1:{p}" for p in cluster3.ports)
 
-        now = int(time.time() * 1000)
         owner = _owner(cluster3, keys.session_index("alice"))
-        args: dict[str, Any] = {"email": "a@example.com", "user_agent": "t", "ip": "127.0.0.1"}
-        await store.create(user_id="alice", session_id="s1", now_ms=now, limit=5, **args)
-        await store.create(user_id="alice", session_id="s2", now_ms=now + 1, limit=1, **args)
-        assert await store.revoke("alice", only="s2") == ["s2"]
+        await store_client.hset(keys.user("alice"), mapping={"email": "a@example.com", "pv": 0})
+        args: dict[str, Any] = {"password_version": "0", "user_agent": "t", "ip": "127.0.0.1"}
+        await store.create(user_id="alice", session_id="s1", limit=5, **args)
+        await store.create(user_id="alice", session_id="s2", limit=1, **args)
+        assert await store.revoke("alice", "logout", only="s2") == ["s2"]
 
         await _eventually(lambda: all(r == ["s1", "s2"] for r in received), 1.0)
         # The eviction (create_session.lua) and the revocation (revoke_sessions.lua) ran on
@@ -179,7 +184,7 @@ async def test_feed_resubscribes_on_another_node_when_its_connection_is_killed(
 ) -> None:
     channel = f"resub{os.getpid()}:revocations"
     received: list[str] = []
-    feed = RevocationFeed(store_client, channel, received.append, start=0)
+    feed = RevocationFeed(store_client, channel, lambda r: received.append(r.session_id), start=0)
     task = asyncio.create_task(feed.run())
     try:
         async with asyncio.timeout(5):

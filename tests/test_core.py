@@ -7,7 +7,7 @@ import io
 import json
 import re
 
-from authsvc.domain.clock import FrozenClock
+from authsvc.domain.clock import Clock
 from authsvc.settings import Settings
 from authsvc.web.access_log import AccessLog
 from tests.conftest import ClientFactory, with_
@@ -88,7 +88,7 @@ async def test_concurrent_logins_leave_exactly_the_limit_and_no_orphans(
 
 
 async def test_login_beyond_limit_evicts_least_recently_used(
-    make_client: ClientFactory, settings: Settings, clock: FrozenClock
+    make_client: ClientFactory, settings: Settings, clock: Clock
 ) -> None:
     client = await make_client(with_(settings, session_limit=3))
     await signup(client, "erin@example.com")

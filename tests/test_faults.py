@@ -170,7 +170,7 @@ class _TimeoutOnCancel:
 
 
 async def test_a_cancelled_feed_stops_even_when_the_cancellation_surfaces_as_a_timeout() -> None:
-    feed = RevocationFeed(_TimeoutOnCancel(), "channel", lambda session_id: None)  # type: ignore[arg-type]
+    feed = RevocationFeed(_TimeoutOnCancel(), "channel", lambda ended: None)  # type: ignore[arg-type]
     task = asyncio.create_task(feed.run())
     await asyncio.sleep(0.01)
     task.cancel()

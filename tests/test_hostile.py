@@ -18,7 +18,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from authsvc.domain.clock import FrozenClock
+from authsvc.domain.clock import Clock
 from authsvc.domain.keys import KeyRing
 from authsvc.domain.service import EMAIL_PATTERN
 from authsvc.logs import JsonFormatter
@@ -131,7 +131,7 @@ def _unsigned(claims: dict[str, Any], header: dict[str, Any]) -> str:
 
 
 async def test_bearer_tokens_that_are_not_valid_access_tokens(
-    client: Client, keyring: KeyRing, clock: FrozenClock
+    client: Client, keyring: KeyRing, clock: Clock
 ) -> None:
     await signup(client, "bearer@example.com")
     tokens = await login(client, "bearer@example.com")
@@ -197,7 +197,7 @@ async def test_unknown_routes_and_methods(
 
 
 async def test_failed_logins_throttle_the_email_for_its_window_only(
-    make_client: ClientFactory, settings: Settings, clock: FrozenClock
+    make_client: ClientFactory, settings: Settings, clock: Clock
 ) -> None:
     client = await make_client(with_(settings, login_failure_limit=3, login_failure_window=60))
     await signup(client, "victim@example.com")
@@ -231,7 +231,7 @@ async def test_unknown_emails_are_throttled_like_registered_ones(
 
 
 async def test_attempts_per_client_ip_are_limited(
-    make_client: ClientFactory, settings: Settings, clock: FrozenClock
+    make_client: ClientFactory, settings: Settings, clock: Clock
 ) -> None:
     client = await make_client(
         with_(
@@ -305,7 +305,8 @@ async def test_failed_login_writes_no_session(client: Client, settings: Settings
         "/v1/auth/login", json={"email": "nohalf@example.com", "password": "nope nope"}
     )
     r = raw_redis(settings)
-    assert [k async for k in r.scan_iter(f"{settings.key_prefix}:{{u:{user_id}}}:*")] == []
+    keys = [k async for k in r.scan_iter(f"{settings.key_prefix}:{{u:{user_id}}}:*")]
+    assert keys == [f"{settings.key_prefix}:{{u:{user_id}}}:user".encode()]  # the account only
     await r.aclose()
 
 

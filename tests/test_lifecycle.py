@@ -9,7 +9,7 @@ import jwt
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
-from authsvc.domain.clock import FrozenClock
+from authsvc.domain.clock import Clock
 from authsvc.domain.keys import KeyRing, generate_jwks
 from authsvc.settings import Settings
 from tests.conftest import ClientFactory, with_
@@ -41,7 +41,7 @@ async def test_replay_after_successor_was_used_revokes_the_session(client: Clien
     assert "authsvc_refresh_reuse_detected_total 1.0" in metrics
 
 
-async def test_replay_after_grace_window_is_reuse(client: Client, clock: FrozenClock) -> None:
+async def test_replay_after_grace_window_is_reuse(client: Client, clock: Clock) -> None:
     await signup(client, "late@example.com")
     first = await login(client, "late@example.com")
     _status, second = await refresh(client, first["refresh_token"])
@@ -66,7 +66,7 @@ async def test_forged_token_naming_a_real_session_revokes_nothing(client: Client
 
 
 async def test_idle_session_expires_and_refresh_resets_idle_timer(
-    make_client: ClientFactory, settings: Settings, clock: FrozenClock
+    make_client: ClientFactory, settings: Settings, clock: Clock
 ) -> None:
     client = await make_client(with_(settings, session_idle_ttl=100, session_max_ttl=1000))
     await signup(client, "idle@example.com")
@@ -82,7 +82,7 @@ async def test_idle_session_expires_and_refresh_resets_idle_timer(
 
 
 async def test_refresh_never_extends_the_absolute_lifetime(
-    make_client: ClientFactory, settings: Settings, clock: FrozenClock
+    make_client: ClientFactory, settings: Settings, clock: Clock
 ) -> None:
     client = await make_client(
         with_(settings, session_idle_ttl=100, session_max_ttl=250, access_token_ttl=60)
@@ -105,7 +105,7 @@ async def test_refresh_never_extends_the_absolute_lifetime(
     assert await me_status(client, tokens) == 401
 
 
-async def test_sessions_list_delete_and_logout_all(client: Client, clock: FrozenClock) -> None:
+async def test_sessions_list_delete_and_logout_all(client: Client, clock: Clock) -> None:
     await signup(client, "many@example.com")
     phone = await login(client, "many@example.com", **{"User-Agent": "phone/1.0"})
     clock.advance(1)
@@ -245,7 +245,7 @@ async def test_key_rotation_keeps_old_tokens_valid(
 
 
 async def test_refresh_moves_session_to_front_of_lru_index(
-    client: Client, settings: Settings, clock: FrozenClock
+    client: Client, settings: Settings, clock: Clock
 ) -> None:
     user_id = await signup(client, "lru@example.com")
     first = await login(client, "lru@example.com")

@@ -31,7 +31,7 @@ async def client(redis_server: RedisServer) -> AsyncIterator[BoundedRedis]:
 
 def _store(client: BoundedRedis, name: str) -> SessionStore:
     return SessionStore(
-        client, Keys(f"{name}{os.getpid()}"), Scripts(client), SessionTimes(DAY_MS, DAY_MS)
+        client, Keys(f"{name}{os.getpid()}"), Scripts(client), SessionTimes(DAY_MS, DAY_MS), int
     )
 
 
@@ -47,13 +47,13 @@ def _count_pipelines(client: BoundedRedis, monkeypatch: pytest.MonkeyPatch) -> l
     return made
 
 
-async def _logged_in(store: SessionStore, user: str, sessions: int) -> None:
+async def _logged_in(store: SessionStore, client: BoundedRedis, user: str, sessions: int) -> None:
+    await client.hset(store.keys.user(user), mapping={"email": f"{user}@example.com", "pv": 0})
     for i in range(sessions):
         await store.create(
             user_id=user,
             session_id=f"s{i}",
-            email=f"{user}@example.com",
-            now_ms=1_000 + i,
+            password_version="0",
             limit=sessions,
             user_agent="test",
             ip="127.0.0.1",
@@ -66,13 +66,10 @@ async def test_concurrent_script_calls_travel_in_one_pipeline(
     store = _store(client, "batch")
     users = [f"u{i}" for i in range(50)]
     for user in users:
-        await _logged_in(store, user, 1)
+        await _logged_in(store, client, user, 1)
     made = _count_pipelines(client, monkeypatch)
     results = await asyncio.gather(
-        *(
-            store.rotate(user_id=u, session_id="s0", generation=0, now_ms=2_000, grace_ms=10_000)
-            for u in users
-        )
+        *(store.rotate(user_id=u, session_id="s0", generation=0, grace_ms=10_000) for u in users)
     )
     assert [r.outcome for r in results] == [Rotation.ROTATED] * 50
     assert [r.generation for r in results] == [1] * 50
@@ -83,23 +80,23 @@ async def test_a_batch_after_a_script_flush_loads_the_script_and_answers_every_c
     client: BoundedRedis,
 ) -> None:
     store = _store(client, "flush")
-    await _logged_in(store, "alice", 5)
+    await _logged_in(store, client, "alice", 5)
     await client.script_flush()
-    listed = await asyncio.gather(*(store.list("alice", 2_000) for _ in range(20)))
-    assert [len(rows) for rows in listed] == [5] * 20
+    listed = await asyncio.gather(*(store.list("alice") for _ in range(20)))
+    assert [len(rows) for _, rows in listed] == [5] * 20
 
 
 async def test_a_cancelled_caller_leaves_the_rest_of_its_batch_answered(
     client: BoundedRedis,
 ) -> None:
     store = _store(client, "cancel")
-    await _logged_in(store, "bob", 3)
-    calls = [asyncio.ensure_future(store.list("bob", 2_000)) for _ in range(10)]
+    await _logged_in(store, client, "bob", 3)
+    calls = [asyncio.ensure_future(store.list("bob")) for _ in range(10)]
     await asyncio.sleep(0)  # all ten are in one batch, not yet sent
     calls[3].cancel()
     done = await asyncio.gather(*calls, return_exceptions=True)
     assert isinstance(done[3], asyncio.CancelledError)
-    assert [len(rows) for i, rows in enumerate(done) if i != 3] == [3] * 9  # type: ignore[arg-type]
+    assert [len(done[i][1]) for i in range(10) if i != 3] == [3] * 9  # type: ignore[index]
 
 
 async def test_a_batch_that_cannot_reach_redis_fails_every_call_with_a_redis_error() -> None:
@@ -108,7 +105,7 @@ async def test_a_batch_that_cannot_reach_redis_fails_every_call_with_a_redis_err
     try:
         scripts = Scripts(client)
         outcomes = await asyncio.gather(
-            *(scripts.hit_counter(keys=["k"], args=[1000]) for _ in range(5)),
+            *(scripts.throttle(keys=["k"], args=[1, 1000, 1, 0]) for _ in range(5)),
             return_exceptions=True,
         )
         assert all(isinstance(o, RedisError) for o in outcomes), outcomes

@@ -22,7 +22,9 @@ class Feed(Protocol):
     """What the gate needs to know of the revocation feed."""
 
     epoch: int
-    healthy: bool
+
+    @property
+    def healthy(self) -> bool: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -37,7 +39,7 @@ class SessionGate:
 
     def __init__(
         self,
-        probe: Callable[[str, str, int], Awaitable[str | None]],
+        probe: Callable[[str, str], Awaitable[str | None]],
         clock: Clock,
         *,
         recheck_after: float,
@@ -76,7 +78,7 @@ class SessionGate:
         ):
             return live.email
         epoch = feed.epoch if feed is not None else -1
-        email = await self._probe(user_id, session_id, int(now * 1000))
+        email = await self._probe(user_id, session_id)
         if email is None:
             self.revoked(session_id)
             raise InvalidToken("session ended")

@@ -176,11 +176,6 @@ def _derive_mac_key(material: bytes) -> bytes:
 
 def _thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638 JWK thumbprint."""
-    required = {
-        "EC": ("crv", "kty", "x", "y"),
-        "OKP": ("crv", "kty", "x"),
-        "RSA": ("e", "kty", "n"),
-    }
-    members = {name: jwk[name] for name in required[jwk["kty"]]}
+    members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
     canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
     return jwt.utils.base64url_encode(hashlib.sha256(canonical).digest()).decode()

@@ -67,6 +67,10 @@ class Hasher:
         )
         return ok and hashed is not None
 
+    def outdated(self, hashed: str) -> bool:
+        """Was `hashed` made at another cost than the configured one? (`$2b$12$...`)"""
+        return hashed[4:6] != f"{self._rounds:02d}"
+
     async def _run(self, fn: Callable[..., _T], *args: bytes) -> _T:
         if self._slots.locked():
             raise Unavailable("too many password checks in progress", retry_after=1)

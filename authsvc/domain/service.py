@@ -6,7 +6,10 @@ import dataclasses
 import logging
 import re
 import unicodedata
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
+
+from prometheus_client import Counter
 
 from authsvc.domain.clock import Clock
 from authsvc.domain.errors import (
@@ -15,13 +18,14 @@ from authsvc.domain.errors import (
     InvalidGrant,
     InvalidRequest,
     NotFound,
+    RateLimited,
 )
 from authsvc.domain.gate import SessionGate
 from authsvc.domain.passwords import Hasher, new_password, normalize_password
 from authsvc.domain.throttle import Throttle
 from authsvc.domain.tokens import AccessClaims, AccessTokens, RefreshTokens, is_id, new_id
 from authsvc.metrics import Metrics
-from authsvc.store.accounts import AccountStore
+from authsvc.store.accounts import AccountRecord, AccountStore
 from authsvc.store.sessions import Rotation, SessionRow, SessionStore
 
 log = logging.getLogger(__name__)
@@ -139,37 +143,35 @@ class AuthService:
         email = normalize_email(email)
         password = normalize_password(password)  # rules apply to new passwords only
         await self._throttle.count_attempt(ip)
-        try:
-            await self._throttle.check_login(email)
-        except Exception:
-            self._metrics.logins.labels("throttled").inc()
-            raise
-        account = await self._accounts.get(email)
-        ok = await self._hasher.verify(password, account.password_hash if account else None)
-        if not ok or account is None:
-            await self._throttle.count_failure(email)
-            self._metrics.logins.labels("failure").inc()
-            raise InvalidCredentials()
+        account = await self._check_password(
+            email, password, lambda: self._accounts.find(email), outcomes=self._metrics.logins
+        )
         session_id = new_id()
-        now = self._clock()
-        evicted = await self._sessions.create(
+        created = await self._sessions.create(
             user_id=account.user_id,
             session_id=session_id,
-            email=email,
-            now_ms=int(now * 1000),
+            password_version=account.version,
             limit=self._policy.session_limit,
             user_agent=_user_agent(user_agent),
             ip=ip,
         )
-        for victim in evicted:
+        if created is None:  # the password changed (or the account went) after the check
+            self._metrics.logins.labels("failure").inc()
+            raise InvalidCredentials()
+        for victim in created.evicted:
             self._gate.revoked(victim)
-        self._metrics.evictions.inc(len(evicted))
+        self._metrics.evictions.inc(len(created.evicted))
         self._metrics.logins.labels("success").inc()
         log.info(
             "login",
-            extra={"user_id": account.user_id, "session_id": session_id, "evicted": len(evicted)},
+            extra={
+                "user_id": account.user_id,
+                "session_id": session_id,
+                "evicted": len(created.evicted),
+            },
         )
-        return self._tokens(account.user_id, session_id, 0, now, created_at=now, last_used_at=now)
+        at = created.created_ms / 1000
+        return self._tokens(account.user_id, session_id, 0, now=at, created_at=at, last_used_at=at)
 
     async def refresh(self, refresh_token: str) -> TokenSet:
         """Rotate a refresh token (see rotate_session.lua for grace and reuse)."""
@@ -178,12 +180,10 @@ class AuthService:
         except InvalidGrant:
             self._metrics.refreshes.labels("invalid").inc()
             raise
-        now = self._clock()
         result = await self._sessions.rotate(
             user_id=claims.user_id,
             session_id=claims.session_id,
             generation=claims.generation,
-            now_ms=int(now * 1000),
             grace_ms=self._policy.refresh_grace * 1000,
         )
         if result.outcome is Rotation.REUSED:
@@ -203,7 +203,7 @@ class AuthService:
             claims.user_id,
             claims.session_id,
             result.generation,
-            now,
+            now=result.now_ms / 1000,
             created_at=result.created_ms / 1000,
             last_used_at=result.last_used_ms / 1000,
         )
@@ -225,36 +225,71 @@ class AuthService:
     async def end_session(self, principal: Principal, session_id: str) -> None:
         """End one of the caller's sessions; NotFound if it is not theirs."""
         if not is_id(session_id) or not await self._end(
-            principal.user_id, "deleted", only=session_id
+            principal.user_id, "revoked", only=session_id
         ):
             raise NotFound("no such session")
 
     async def change_password(self, principal: Principal, current: str, new: str) -> None:
-        """Replace the password and end every other session of the user."""
+        """Replace the password and end every other session of the user, in one step."""
         new = new_password(new)
-        account = await self._accounts.get(principal.email)
-        ok = await self._hasher.verify(
-            normalize_password(current), account.password_hash if account else None
+        account = await self._check_password(
+            principal.email,
+            normalize_password(current),
+            lambda: self._accounts.of_user(principal.user_id),
+            outcomes=None,
         )
-        if not ok or account is None or account.user_id != principal.user_id:
+        ended = await self._accounts.change_password(
+            account, await self._hasher.hash(new), keep=principal.session_id
+        )
+        if ended is None:  # changed by a concurrent request since the check
             raise InvalidCredentials("current password is wrong")
-        await self._accounts.set_password_hash(principal.email, await self._hasher.hash(new))
-        await self._end(principal.user_id, "password_change", keep=principal.session_id)
-        log.info("password changed", extra={"user_id": principal.user_id})
+        for session_id in ended:
+            self._gate.revoked(session_id)
+        self._metrics.logouts.labels("password_changed").inc(len(ended))
+        log.info("password changed", extra={"user_id": principal.user_id, "ended": len(ended)})
 
     async def list_sessions(self, principal: Principal) -> list[SessionInfo]:
         """The caller's live sessions, most recently used first."""
-        rows = await self._sessions.list(principal.user_id, self._now_ms())
+        _, rows = await self._sessions.list(principal.user_id)
         return [self._info(row, principal.session_id) for row in rows]
 
     async def ready(self) -> bool:
         """True when storage answers."""
         return await self._sessions.ping()
 
+    async def _check_password(
+        self,
+        email: str,
+        password: str,
+        find: Callable[[], Awaitable[AccountRecord | None]],
+        *,
+        outcomes: Counter | None,
+    ) -> AccountRecord:
+        """The account whose password `password` is; InvalidCredentials otherwise.
+
+        Every password check of an email, wherever it happens, goes through the email's
+        throttle (see Throttle). A hash of an old bcrypt cost is replaced by one of today's."""
+        try:
+            async with self._throttle.password_check(email) as verdict:
+                account = await find()
+                ok = await self._hasher.verify(password, account.password_hash if account else None)
+                verdict.failed = not ok
+        except RateLimited:
+            if outcomes is not None:
+                outcomes.labels("throttled").inc()
+            raise
+        if not ok or account is None:
+            if outcomes is not None:
+                outcomes.labels("failure").inc()
+            raise InvalidCredentials(None if outcomes is not None else "current password is wrong")
+        if self._hasher.outdated(account.password_hash):
+            await self._accounts.rehash(account, await self._hasher.hash(password))
+        return account
+
     async def _end(
         self, user_id: str, reason: str, *, only: str | None = None, keep: str = ""
     ) -> int:
-        ended = await self._sessions.revoke(user_id, only=only, keep=keep)
+        ended = await self._sessions.revoke(user_id, reason, only=only, keep=keep)
         for session_id in ended:
             self._gate.revoked(session_id)
         self._metrics.logouts.labels(reason).inc(len(ended))
@@ -268,18 +303,24 @@ class AuthService:
         user_id: str,
         session_id: str,
         generation: int,
-        now: float,
         *,
+        now: float,
         created_at: float,
         last_used_at: float,
     ) -> TokenSet:
+        """Tokens for a session; `now` and the session's times are Redis's."""
         expires_at = self._expires_at(last_used_at, created_at)
-        access, expires_in = self._access.issue(user_id, session_id, now, expires_at)
+        # The access token's iat is this process's time, and it ends with the session at
+        # the latest: what is left of the session is measured in Redis's time.
+        local = self._clock()
+        access, expires_in = self._access.issue(
+            user_id, session_id, local, local + expires_at - now
+        )
         return TokenSet(
             access_token=access,
             expires_in=expires_in,
             refresh_token=self._refresh.issue(user_id, session_id, generation),
-            refresh_expires_in=max(0, int(expires_at - now)),
+            refresh_expires_in=max(0, round(expires_at - now)),
             session_id=session_id,
         )
 

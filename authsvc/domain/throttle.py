@@ -1,60 +1,105 @@
-"""Throttling in fixed windows kept in Redis, so that every instance shares the counts."""
+"""Throttling, shared in Redis by every instance and atomic under concurrency.
+
+A password check is counted against its email's window *before* bcrypt runs and uncounted
+when it did not fail, so that any number of concurrent guesses, on any number of instances,
+get at most `failure_limit` wrong-password verifications per window. Checks beyond the limit
+while others are still in flight wait for those to end (they may be right passwords: two
+logins of one user at once are not an attack); beyond the limit of failures they get 429."""
 
 from __future__ import annotations
 
-from authsvc.domain.clock import Clock
+import asyncio
+import contextlib
+import ipaddress
+import random
+import time
+from collections.abc import AsyncIterator
+
+from redis.exceptions import RedisError
+
 from authsvc.domain.errors import RateLimited
-from authsvc.store.counters import CounterStore
 from authsvc.store.keys import Keys
+from authsvc.store.throttles import BUSY, ThrottleStore
+
+BUSY_WAIT = 5.0  # seconds a check waits for checks in flight before it gets 429
 
 
 class Throttle:
-    """Failed logins per email and attempts per client address."""
+    """Password checks per email and attempts per client address."""
 
     def __init__(
         self,
-        counters: CounterStore,
+        store: ThrottleStore,
         keys: Keys,
-        clock: Clock,
         *,
         failure_limit: int,
         failure_window: int,
         ip_limit: int,
         ip_window: int,
     ) -> None:
-        self._counters = counters
+        self._store = store
         self._keys = keys
-        self._clock = clock
         self._failure_limit = failure_limit
-        self._failure_window = failure_window
+        self._failure_window_ms = failure_window * 1000
         self._ip_limit = ip_limit
-        self._ip_window = ip_window
+        self._ip_window_ms = ip_window * 1000
 
     async def count_attempt(self, ip: str) -> None:
-        """Count a login or signup from `ip`; RateLimited beyond the limit."""
+        """Count a login or signup from `ip` (IPv6: its /64); RateLimited beyond the limit."""
         if self._ip_limit == 0:
             return
-        window, retry_after = self._window(self._ip_window)
-        count = await self._counters.hit(self._keys.ip_attempts(ip, window), self._ip_window * 1000)
-        if count > self._ip_limit:
-            raise RateLimited(retry_after=retry_after)
+        key = self._keys.ip_attempts(address_bucket(ip))
+        wait_ms = await self._store.hit(key, self._ip_limit, self._ip_window_ms)
+        if wait_ms:
+            raise RateLimited(retry_after=_seconds(wait_ms))
 
-    async def check_login(self, email: str) -> None:
-        """RateLimited while `email` has used up its failed logins in this window."""
-        window, retry_after = self._window(self._failure_window)
-        failures = await self._counters.peek(self._keys.login_failures(email, window))
-        if failures >= self._failure_limit:
-            raise RateLimited(retry_after=retry_after)
+    @contextlib.asynccontextmanager
+    async def password_check(self, email: str) -> AsyncIterator[Verdict]:
+        """Around one password check of `email` (registered or not): RateLimited when its
+        window has no check left. Set `verdict.failed` when the password was wrong."""
+        key = self._keys.login_failures(email)
+        give_up = time.monotonic() + BUSY_WAIT
+        while wait_ms := await self._store.take(key, self._failure_limit, self._failure_window_ms):
+            if wait_ms != BUSY:
+                raise RateLimited(retry_after=_seconds(wait_ms))
+            if time.monotonic() > give_up:
+                raise RateLimited("too many password checks in progress", retry_after=1)
+            await asyncio.sleep(random.uniform(0.02, 0.08))  # noqa: S311 (jitter)
+        verdict = Verdict()
+        try:
+            yield verdict
+        finally:
+            # A check that could not run (storage, a full hash queue) is uncounted; if that
+            # fails too, its count stays until the window ends (errs towards throttling) and
+            # the caller sees the first failure.
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.shield(
+                    self._store.settle(key, self._failure_window_ms, failed=verdict.failed)
+                )
 
-    async def count_failure(self, email: str) -> None:
-        """Count a failed login for `email`, whether or not it is registered."""
-        window, _ = self._window(self._failure_window)
-        await self._counters.hit(
-            self._keys.login_failures(email, window), self._failure_window * 1000
-        )
 
-    def _window(self, length: int) -> tuple[int, int]:
-        """The current window's number and the whole seconds until it ends."""
-        now = self._clock()
-        window = int(now // length)
-        return window, max(1, int((window + 1) * length - now + 0.999))
+class Verdict:
+    """What a password check found."""
+
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed = False
+
+
+def address_bucket(ip: str) -> str:
+    """What a client address is counted as: an IPv4 address itself (also when written as
+    IPv4-mapped IPv6), an IPv6 address by its /64, which one subscriber usually holds whole."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def _seconds(ms: int) -> int:
+    return max(1, -(-ms // 1000))

@@ -94,6 +94,8 @@ class AccessTokens:
     def _decode(self, token: str, now: float) -> AccessClaims:
         if len(token) > MAX_ACCESS_TOKEN_LENGTH:
             raise InvalidToken("token too long")
+        if "=" in token:  # JWS compact form is unpadded; PyJWT would accept padding
+            raise InvalidToken("malformed token")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

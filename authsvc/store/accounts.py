@@ -1,50 +1,103 @@
-"""Accounts keyed by normalized email."""
+"""Accounts: an email names a user id; the user's hash holds the email, the password hash
+and its version. The password lives in the user's slot, so that changing it and ending the
+user's other sessions is one script."""
 
 from __future__ import annotations
 
 import dataclasses
+import secrets
+from collections.abc import Callable
 
 from authsvc.store.client import Client
 from authsvc.store.keys import Keys
 from authsvc.store.scripts import Scripts
+from authsvc.store.sessions import call_id
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AccountRecord:
-    """What login needs of an account."""
+    """What a password check needs of an account."""
 
     user_id: str
     email: str
     password_hash: str
+    version: str  # of the password: a session may only start with the version it verified
 
 
 class AccountStore:
     """Create, read and update accounts."""
 
-    def __init__(self, client: Client, keys: Keys, scripts: Scripts) -> None:
+    def __init__(
+        self, client: Client, keys: Keys, scripts: Scripts, shift_ms: Callable[[], int]
+    ) -> None:
         self._client = client
         self._keys = keys
         self._scripts = scripts
+        self._shift_ms = shift_ms
 
     async def create(self, user_id: str, email: str, password_hash: str, now_ms: int) -> bool:
-        """Store a new account; False when the email is already registered."""
-        owner = await self._scripts.create_account(
-            keys=[self._keys.account(email)], args=[user_id, email, password_hash, now_ms]
+        """Store a new account; False when the email is already registered.
+
+        The user's hash is written first and the email claimed second (two slots): a crash
+        in between leaves an unreachable hash, never an email that names no account."""
+        user = self._keys.user(user_id)
+        await self._client.hset(
+            user, mapping={"email": email, "pw": password_hash, "pv": 0, "c": now_ms}
         )
-        return bool(owner == user_id)
+        owner = await self._client.set(self._keys.email(email), user_id, nx=True, get=True)
+        if owner is None or owner == user_id:  # claimed (or claimed by a replay of this call)
+            return True
+        await self._client.delete(user)
+        return False
 
-    async def get(self, email: str) -> AccountRecord | None:
-        """The account registered under `email`, if any."""
-        uid, pw = await self._client.hmget(self._keys.account(email), ["uid", "pw"])
-        if uid is None or pw is None:
+    async def find(self, email: str) -> AccountRecord | None:
+        """The account registered under `email`, if any. An unknown email costs the same
+        two round trips as a known one."""
+        user_id = await self._client.get(self._keys.email(email))
+        uid = str(user_id) if user_id is not None else secrets.token_urlsafe(16)
+        found = await self._user(uid)
+        return found if user_id is not None else None
+
+    async def of_user(self, user_id: str) -> AccountRecord | None:
+        """The account of a user id, if it exists."""
+        return await self._user(user_id)
+
+    async def change_password(
+        self, account: AccountRecord, password_hash: str, *, keep: str
+    ) -> list[str] | None:
+        """Set a new password and end every session of the user but `keep`, in one step;
+        returns the sessions ended, or None when the password changed since `account` was
+        read (nothing written)."""
+        k = self._keys
+        ended: list[str] | None = await self._scripts.change_password(
+            keys=[
+                k.user(account.user_id),
+                k.session_index(account.user_id),
+                k.ended(account.user_id),
+            ],
+            args=[
+                password_hash,
+                account.version,
+                keep,
+                k.channel,
+                account.user_id,
+                call_id(),
+                self._shift_ms(),
+            ],
+        )
+        return ended
+
+    async def rehash(self, account: AccountRecord, password_hash: str) -> None:
+        """Replace the hash of an unchanged password (a new bcrypt cost); a no-op when the
+        password changed meanwhile."""
+        await self._scripts.rehash_password(
+            keys=[self._keys.user(account.user_id)], args=[account.password_hash, password_hash]
+        )
+
+    async def _user(self, user_id: str) -> AccountRecord | None:
+        email, pw, version = await self._client.hmget(
+            self._keys.user(user_id), ["email", "pw", "pv"]
+        )
+        if email is None or pw is None or version is None:
             return None
-        return AccountRecord(user_id=str(uid), email=email, password_hash=str(pw))
-
-    async def email_of(self, user_id: str) -> str | None:
-        """The email of a user who has logged in at least once."""
-        email = await self._client.hget(self._keys.user(user_id), "email")
-        return None if email is None else str(email)
-
-    async def set_password_hash(self, email: str, password_hash: str) -> None:
-        """Replace an existing account's password hash."""
-        await self._client.hset(self._keys.account(email), "pw", password_hash)
+        return AccountRecord(str(user_id), str(email), str(pw), str(version))

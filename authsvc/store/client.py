@@ -8,12 +8,13 @@ from typing import Any, TypeAlias
 
 import fakeredis
 import redis.asyncio as aioredis
+from fakeredis.aioredis import FakeAsyncRedisConnection
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import ClusterError, RedisClusterException
+from redis.exceptions import ClusterError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -28,6 +29,12 @@ POOL_WAIT = 1.0
 # refused with ClusterError("TTL exhausted") after redis-py's own 16 redirections; it was
 # never executed, so it is tried again this many times, after these pauses (seconds).
 CLUSTER_REDIRECT_RETRIES = (0.05, 0.2)
+# How Redis refuses a script that reaches a key of its slot that has already moved.
+NON_LOCAL_KEY = "Script attempted to access a non local key"
+
+
+# Retries nothing (redis-py adds `retry_on_error` to a Retry's errors: pass it empty too).
+NO_RETRY = Retry(NoBackoff(), 0, supported_errors=())
 
 
 def _retry() -> Retry:
@@ -149,7 +156,8 @@ class BoundedRedisCluster(RedisCluster):
       one connection of each node at a time), and a command waits up to POOL_WAIT for its
       turn, then fails with ConnectionError, as BoundedRedis does.
     - Redirections: MOVED and ASK are followed by redis-py, TRYAGAIN is retried by it a few
-      times; a command still refused after that is tried again (CLUSTER_REDIRECT_RETRIES).
+      times; a command still refused after that, or a script refused for a key that has
+      already moved, is tried again (CLUSTER_REDIRECT_RETRIES).
       A MOVED only updates that slot's owner (`reinitialize_steps=0`): redis-py's default
       closes every connection on every fifth MOVED to re-read the layout, which breaks the
       commands in flight (replayed after a ConnectionError, or failed with AttributeError
@@ -175,11 +183,11 @@ class BoundedRedisCluster(RedisCluster):
                     await self.start()  # see the class comment
                 try:
                     return await super().execute_command(*args, **kwargs)
-                except ClusterError as exc:
+                except (ClusterError, ResponseError) as exc:
                     # Exactly ClusterError: the redirections ran out. Subclasses
                     # (ClusterDownError) were already retried by redis-py.
                     pause = next(pauses, None)
-                    if type(exc) is not ClusterError or pause is None:
+                    if not _slot_moving(exc) or pause is None:
                         raise
                 await asyncio.sleep(pause)
         except RedisClusterException as exc:
@@ -204,12 +212,25 @@ class BoundedRedisCluster(RedisCluster):
         node = nodes[index % len(nodes)]
         kwargs = dict(self.get_connection_kwargs())
         connection_class: type[Connection] = kwargs.pop("connection_class") or Connection
-        for cluster_only in ("max_connections", "response_callbacks", "host", "port"):
+        for cluster_only in ("max_connections", "response_callbacks", "host", "port", "retry"):
             kwargs.pop(cluster_only, None)
         pool = aioredis.ConnectionPool(
-            connection_class=connection_class, host=node.host, port=int(node.port), **kwargs
+            connection_class=connection_class,
+            host=node.host,
+            port=int(node.port),
+            retry=NO_RETRY,
+            **kwargs,
         )
         return node.name, aioredis.Redis.from_pool(pool)
+
+
+def _slot_moving(exc: Exception) -> bool:
+    """Was the command refused because its slot is being migrated? Then it did not run, or
+    stopped before its first write: a script that reads every key first fails on a key that
+    already moved before it changes anything (see the script headers)."""
+    if isinstance(exc, ResponseError):
+        return str(exc).startswith(NON_LOCAL_KEY)
+    return type(exc) is ClusterError
 
 
 def connect(url: str, *, cluster: bool) -> Client:
@@ -228,37 +249,53 @@ def connect(url: str, *, cluster: bool) -> Client:
         )
     if url.startswith("redis://"):  # rediss:// and unix:// bring their own connection class
         common["connection_class"] = HiredisPackingConnection
-    # The pool holds POOL_SIZE connections for commands (BoundedRedis keeps to that) and
-    # one for the revocation feed; the client owns it and closes it with itself.
+    # BoundedRedis keeps to POOL_SIZE commands in flight; the client owns its pool and
+    # closes it with itself.
     return BoundedRedis.from_url(
         url,
-        max_connections=POOL_SIZE + 1,
+        max_connections=POOL_SIZE,
         retry=_retry(),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         **common,
     )
 
 
-def embedded() -> aioredis.Redis:
-    """An in-process Redis (fakeredis with Lua), for running without a Redis server."""
-    client: aioredis.Redis = fakeredis.FakeAsyncRedis(
-        server=fakeredis.FakeServer(version=(7,)), decode_responses=True
+def embedded() -> BoundedRedis:
+    """An in-process Redis (fakeredis with Lua), for running without a Redis server: the
+    same bounded, waiting, pipelining client as for a real server. (fakeredis's own client
+    has redis-py's default pool, which fails beyond 100 concurrent commands.)"""
+    pool = aioredis.BlockingConnectionPool(
+        connection_class=FakeAsyncRedisConnection,
+        server=fakeredis.FakeServer(version=(7,)),
+        client_class=aioredis.Redis,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT,
+        decode_responses=True,
     )
+    client: BoundedRedis = BoundedRedis.from_pool(pool)  # type: ignore[assignment]
     return client
 
 
-async def pubsub_client(client: Client, attempt: int) -> tuple[str, aioredis.Redis, bool]:
-    """A client to subscribe with, for subscription attempt number `attempt`: a name for
-    logs, the client, and whether the caller owns (must close) it.
+async def pubsub_client(client: Client, attempt: int) -> tuple[str, aioredis.Redis]:
+    """A client of its own to subscribe with, for subscription attempt number `attempt`: a
+    name for logs and the client, which the caller closes.
 
-    A single server (or the embedded store) is the client itself. On a cluster it is a
-    plain client for one node: PUBLISH, including from a script, is broadcast to every
-    node, so a subscription on any node sees every message. Each attempt takes the next
-    node, so a subscription lost with its node is made again elsewhere."""
+    Its connection never reconnects by itself. redis-py's PubSub otherwise reconnects and
+    subscribes again inside a read, and messages published in between are lost without a
+    sign; here the read fails, and the feed starts a new epoch.
+
+    For a single server (or the embedded store) it is a connection to that server. On a
+    cluster it is a plain client for one node: PUBLISH, including from a script, is
+    broadcast to every node, so a subscription on any node sees every message. Each attempt
+    takes the next node, so a subscription lost with its node is made again elsewhere."""
     if isinstance(client, BoundedRedisCluster):
         await client.start()
-        name, node = client.node_client(attempt)
-        return name, node, True
+        return client.node_client(attempt)
     if isinstance(client, RedisCluster):
         raise TypeError("cluster clients come from connect()")
-    return "redis", client, False
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "retry": NO_RETRY, "retry_on_error": []}
+    own = aioredis.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=1, **kwargs
+    )
+    return "redis", aioredis.Redis.from_pool(own)

@@ -1,5 +1,5 @@
 """Every Redis key name authsvc uses. All of one user's keys share the hash tag `{u:<id>}`,
-and an account's keys share `{e:<email digest>}`, so each script touches one cluster slot."""
+and an email's keys share `{e:<email digest>}`, so each script touches one cluster slot."""
 
 from __future__ import annotations
 
@@ -24,20 +24,24 @@ class Keys:
         return f"{self.prefix}:{{u:{user_id}}}:s:{session_id}"
 
     def user(self, user_id: str) -> str:
-        """Hash of per-user data that the session scripts need (the email)."""
+        """Hash of the account: email, password hash and password version."""
         return f"{self.prefix}:{{u:{user_id}}}:user"
 
-    def account(self, email: str) -> str:
-        """Hash of the account registered under a normalized email."""
-        return f"{self.prefix}:{{e:{_digest(email)}}}:account"
+    def ended(self, user_id: str) -> str:
+        """Hash of the user's recently ended sessions: session id -> why, when, by which call."""
+        return f"{self.prefix}:{{u:{user_id}}}:ended"
 
-    def login_failures(self, email: str, window: int) -> str:
-        """Counter of failed logins for an email (registered or not) in one window."""
-        return f"{self.prefix}:{{e:{_digest(email)}}}:fails:{window}"
+    def email(self, email: str) -> str:
+        """The user id registered under a normalized email."""
+        return f"{self.prefix}:{{e:{_digest(email)}}}:uid"
 
-    def ip_attempts(self, ip: str, window: int) -> str:
-        """Counter of login and signup attempts from one client address in one window."""
-        return f"{self.prefix}:{{ip:{ip}}}:attempts:{window}"
+    def login_failures(self, email: str) -> str:
+        """Throttle counter of password checks for an email (registered or not)."""
+        return f"{self.prefix}:{{e:{_digest(email)}}}:fails"
+
+    def ip_attempts(self, ip: str) -> str:
+        """Throttle counter of login and signup attempts from one client address (or /64)."""
+        return f"{self.prefix}:{{ip:{ip}}}:attempts"
 
 
 def _digest(email: str) -> str:

@@ -1,6 +1,8 @@
-"""The revocation feed: a subscription to the channel that every revoking script publishes
-ended session ids on. Each (re)subscription starts a new epoch, so that whatever was learnt
-while messages could have been missed is thrown away."""
+"""The revocation feed: a subscription to the channel that every script that ends a session
+publishes on. It fails closed: whenever messages could have been missed (a lost, killed or
+silent connection, a message it cannot read, any error at all) it starts a new epoch, so
+that whatever was learnt before is thrown away, and it is `healthy` only while the
+subscription has answered within the last DEAD_AFTER seconds."""
 
 from __future__ import annotations
 
@@ -8,25 +10,43 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
-
-from redis.exceptions import RedisError
+from typing import NamedTuple
 
 from authsvc.store.client import Client, pubsub_client
 
 log = logging.getLogger(__name__)
 
-PING_EVERY = 1.0  # seconds between liveness checks of the subscription
-DEAD_AFTER = 3.0  # seconds without any reply before the subscription counts as lost
+PING_EVERY = 0.2  # seconds between liveness checks of the subscription
+DEAD_AFTER = 0.6  # seconds without any reply before the subscription counts as lost
+
+
+class Revocation(NamedTuple):
+    """One ended session, as the channel announces it."""
+
+    session_id: str
+    user_id: str
+    reason: str
+
+
+def parse(payload: str) -> Revocation | None:
+    """A channel message (see _lib.lua); None for a format this version cannot read."""
+    version, _, rest = payload.partition(" ")
+    if not rest:  # authsvc 0.1 published the bare session id
+        return Revocation(payload, "", "") if payload else None
+    parts = rest.split(" ")
+    if version != "1" or len(parts) != 3:
+        return None
+    return Revocation(*parts)
 
 
 class RevocationFeed:
-    """Delivers revoked session ids to `on_revoke`; `healthy` while subscribed."""
+    """Delivers ended sessions to `on_revoke`; `healthy` while surely subscribed."""
 
     def __init__(
         self,
         client: Client,
         channel: str,
-        on_revoke: Callable[[str], None],
+        on_revoke: Callable[[Revocation], None],
         *,
         start: int | None = None,
     ) -> None:
@@ -37,9 +57,18 @@ class RevocationFeed:
         # name); by default a random one, which spreads instances over the nodes.
         self._attempts = secrets.randbelow(1 << 16) if start is None else start
         self.epoch = 0
-        self.healthy = False
         self.source = ""  # where the current subscription is (a cluster node's name)
+        self._subscribed = False
+        self._last_reply = 0.0
         self._ready = asyncio.Event()
+
+    @property
+    def healthy(self) -> bool:
+        """True while subscribed and answering: a feed that has gone quiet, or whose task
+        died, stops being trusted by itself, without waiting to notice."""
+        return (
+            self._subscribed and asyncio.get_running_loop().time() - self._last_reply < DEAD_AFTER
+        )
 
     async def wait_subscribed(self) -> None:
         """Wait until the first subscription is live."""
@@ -48,50 +77,55 @@ class RevocationFeed:
     async def run(self) -> None:
         """Subscribe, listen, and resubscribe after any failure, until cancelled."""
         delay = 0.05
-        while True:
-            try:
-                await self._listen()
-            except (RedisError, OSError) as exc:
-                # A cancellation that meets a read timeout can surface as TimeoutError (an
-                # OSError): a feed that is being stopped must stop, not resubscribe.
-                if _cancelling():
-                    raise asyncio.CancelledError from exc
-                if self.healthy:
-                    log.warning("revocation feed lost: %s", type(exc).__name__)
-                    delay = 0.05
+        try:
+            while True:
+                try:
+                    await self._listen()
+                except Exception as exc:
+                    # A cancellation that meets a read timeout can surface as TimeoutError: a
+                    # feed that is being stopped must stop, not resubscribe.
+                    if _cancelling():
+                        raise asyncio.CancelledError from exc
+                    if self._subscribed:
+                        log.warning("revocation feed lost: %r", exc)
+                        delay = 0.05
+                self._lose()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        finally:
             self._lose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
 
     def _lose(self) -> None:
-        self.healthy = False
+        self._subscribed = False
         self.epoch += 1
 
     async def _listen(self) -> None:
         # A cluster gives a client for another node on every attempt (see pubsub_client).
-        source, client, owned = await pubsub_client(self._client, self._attempts)
+        # The client never reconnects by itself: a reconnect must be seen, as a new epoch.
+        source, client = await pubsub_client(self._client, self._attempts)
         self._attempts += 1
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(self._channel)
             loop = asyncio.get_running_loop()
-            last_reply = loop.time()
-            last_ping = last_reply
+            last_ping = loop.time()
             while True:
                 message = await pubsub.get_message(timeout=PING_EVERY)
                 now = loop.time()
                 if message is not None:
-                    last_reply = now
+                    self._last_reply = now
                     kind = message["type"]
                     if kind == "message":
-                        self._on_revoke(message["data"])
+                        self._deliver(message["data"])
                     elif kind == "subscribe":
+                        if self._subscribed:  # subscribed again without being told
+                            raise ConnectionError("the subscription was made again")
                         self.epoch += 1
                         self.source = source
-                        self.healthy = True
+                        self._subscribed = True
                         self._ready.set()
                         log.info("revocation feed subscribed (%s)", source)
-                if now - last_reply > DEAD_AFTER:
+                if now - self._last_reply > DEAD_AFTER:
                     raise ConnectionError("no reply from the revocation channel")
                 if now - last_ping >= PING_EVERY:
                     await pubsub.ping()
@@ -100,8 +134,15 @@ class RevocationFeed:
             try:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             finally:
-                if owned:
-                    await client.aclose()
+                await client.aclose()
+
+    def _deliver(self, payload: str) -> None:
+        revocation = parse(payload)
+        if revocation is None:
+            log.warning("revocation message in an unknown format: forgetting every session")
+            self.epoch += 1
+            return
+        self._on_revoke(revocation)
 
 
 def _cancelling() -> bool:

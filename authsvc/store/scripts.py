@@ -1,6 +1,8 @@
 """The Lua scripts, one per atomic operation, registered once per client: EVALSHA, loaded
 again after NOSCRIPT (a flushed script cache, a restarted or failed-over Redis). On a single
-server the calls are pipelined automatically (BoundedRedis.evalsha_batched)."""
+server the calls are pipelined automatically (BoundedRedis.evalsha_batched). Each script is
+sent with `_lib.lua` before it: time from Redis, tombstones and revocation messages are
+written once."""
 
 from __future__ import annotations
 
@@ -13,11 +15,23 @@ from redis.exceptions import NoScriptError
 from authsvc.store.client import BoundedRedis, Client
 
 
+def _read(name: str) -> str:
+    return resources.files("authsvc.store.lua").joinpath(f"{name}.lua").read_text("utf-8")
+
+
+_LIB = _read("_lib")
+
+
+def script_text(name: str) -> str:
+    """What is sent to Redis for the script `name`."""
+    return _LIB + _read(name)
+
+
 class Script:
     """One script, called as `await script(keys=[...], args=[...])`."""
 
     def __init__(self, client: Client, name: str) -> None:
-        self.text = resources.files("authsvc.store.lua").joinpath(f"{name}.lua").read_text("utf-8")
+        self.text = script_text(name)
         self._script: AsyncScript = client.register_script(self.text)
         self._batched = client if isinstance(client, BoundedRedis) else None
 
@@ -34,10 +48,11 @@ class Scripts:
     """All scripts, registered with one client."""
 
     def __init__(self, client: Client) -> None:
-        self.create_account = Script(client, "create_account")
         self.create_session = Script(client, "create_session")
         self.rotate_session = Script(client, "rotate_session")
         self.revoke_sessions = Script(client, "revoke_sessions")
         self.list_sessions = Script(client, "list_sessions")
         self.probe_session = Script(client, "probe_session")
-        self.hit_counter = Script(client, "hit_counter")
+        self.change_password = Script(client, "change_password")
+        self.rehash_password = Script(client, "rehash_password")
+        self.throttle = Script(client, "throttle")

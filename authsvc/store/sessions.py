@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import secrets
+from collections.abc import Callable
 
 from authsvc.store.client import Client
 from authsvc.store.keys import Keys
@@ -29,6 +31,14 @@ class SessionRow:
     ip: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewSession:
+    """A session that login created: when (Redis's time), and the sessions it evicted."""
+
+    created_ms: int
+    evicted: list[str]
+
+
 class Rotation(enum.Enum):
     """How a refresh attempt ended."""
 
@@ -39,100 +49,132 @@ class Rotation(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RotateResult:
-    """A rotation's outcome; the other fields are set when ROTATED."""
+    """A rotation's outcome; the other fields are set when ROTATED (times: Redis's, ms)."""
 
     outcome: Rotation
     generation: int = 0
     created_ms: int = 0
     last_used_ms: int = 0
+    now_ms: int = 0
+
+
+def call_id() -> str:
+    """A unique id for one call of a script that ends sessions: a replay of the call by a
+    client retry carries the same id and answers as the first run did."""
+    return secrets.token_urlsafe(12)
 
 
 class SessionStore:
     """The session scripts, typed."""
 
-    def __init__(self, client: Client, keys: Keys, scripts: Scripts, times: SessionTimes) -> None:
+    def __init__(
+        self,
+        client: Client,
+        keys: Keys,
+        scripts: Scripts,
+        times: SessionTimes,
+        shift_ms: Callable[[], int],
+    ) -> None:
         self._client = client
-        self._keys = keys
+        self.keys = self._keys = keys
         self._scripts = scripts
         self._times = times
+        self._shift_ms = shift_ms
 
     async def create(
         self,
         *,
         user_id: str,
         session_id: str,
-        email: str,
-        now_ms: int,
+        password_version: str,
         limit: int,
         user_agent: str,
         ip: str,
-    ) -> list[str]:
-        """Store a new session, evicting the least recently used beyond `limit`.
+    ) -> NewSession | None:
+        """Store a new session, evicting the least recently used beyond `limit`; None when
+        the password is no longer `password_version` (nothing written).
 
-        Returns the evicted session ids. Safe to replay with the same `session_id`."""
+        Safe to replay with the same `session_id`."""
         k = self._keys
-        evicted: list[str] = await self._scripts.create_session(
-            keys=[k.session_index(user_id), k.session(user_id, session_id), k.user(user_id)],
+        reply = await self._scripts.create_session(
+            keys=[
+                k.session_index(user_id),
+                k.session(user_id, session_id),
+                k.user(user_id),
+                k.ended(user_id),
+            ],
             args=[
                 session_id,
-                now_ms,
                 self._times.idle_ms,
                 self._times.max_ms,
                 limit,
                 k.channel,
-                email,
+                user_id,
                 user_agent,
                 ip,
+                password_version,
+                self._shift_ms(),
             ],
         )
-        return evicted
+        if int(reply[0]) != 1:
+            return None
+        return NewSession(int(reply[1]), [str(victim) for victim in reply[2:]])
 
     async def rotate(
-        self, *, user_id: str, session_id: str, generation: int, now_ms: int, grace_ms: int
+        self, *, user_id: str, session_id: str, generation: int, grace_ms: int
     ) -> RotateResult:
         """Advance the session's refresh generation (see rotate_session.lua)."""
         k = self._keys
         reply = await self._scripts.rotate_session(
-            keys=[k.session_index(user_id), k.session(user_id, session_id)],
+            keys=[k.session_index(user_id), k.session(user_id, session_id), k.ended(user_id)],
             args=[
                 session_id,
                 generation,
-                now_ms,
                 self._times.idle_ms,
                 self._times.max_ms,
                 grace_ms,
                 k.channel,
+                user_id,
+                self._shift_ms(),
             ],
         )
         outcome = Rotation(int(reply[0]))
         if outcome is Rotation.ROTATED:
-            return RotateResult(outcome, int(reply[1]), int(reply[2]), int(reply[3]))
+            return RotateResult(outcome, *(int(value) for value in reply[1:5]))
         return RotateResult(outcome)
 
-    async def revoke(self, user_id: str, *, only: str | None = None, keep: str = "") -> list[str]:
+    async def revoke(
+        self, user_id: str, reason: str, *, only: str | None = None, keep: str = ""
+    ) -> list[str]:
         """End one session (`only`) or all of the user's but `keep`; returns those ended."""
+        k = self._keys
         ended: list[str] = await self._scripts.revoke_sessions(
-            keys=[self._keys.session_index(user_id)],
-            args=[self._keys.channel, only or "*", keep],
+            keys=[k.session_index(user_id), k.ended(user_id)],
+            args=[k.channel, only or "*", keep, reason, user_id, call_id(), self._shift_ms()],
         )
         return ended
 
-    async def list(self, user_id: str, now_ms: int) -> list[SessionRow]:
-        """The user's live sessions, most recently used first."""
+    async def list(self, user_id: str) -> tuple[int, list[SessionRow]]:
+        """Redis's time (ms) and the user's live sessions, most recently used first."""
         flat = await self._scripts.list_sessions(
             keys=[self._keys.session_index(user_id)],
-            args=[now_ms, self._times.idle_ms, self._times.max_ms],
+            args=[self._times.idle_ms, self._times.max_ms, self._shift_ms()],
         )
-        return [
+        rows = [
             SessionRow(flat[i], int(flat[i + 1]), int(flat[i + 2]), flat[i + 3], flat[i + 4])
-            for i in range(0, len(flat), 5)
+            for i in range(1, len(flat), 5)
         ]
+        return int(flat[0]), rows
 
-    async def probe(self, user_id: str, session_id: str, now_ms: int) -> str | None:
+    async def probe(self, user_id: str, session_id: str) -> str | None:
         """The user's email if the session is live, else None."""
         email = await self._scripts.probe_session(
-            keys=[self._keys.session(user_id, session_id), self._keys.user(user_id)],
-            args=[now_ms, self._times.idle_ms, self._times.max_ms],
+            keys=[
+                self._keys.session(user_id, session_id),
+                self._keys.user(user_id),
+                self._keys.session_index(user_id),
+            ],
+            args=[self._times.idle_ms, self._times.max_ms, self._shift_ms(), session_id],
         )
         return str(email) if email else None
 

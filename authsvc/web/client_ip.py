@@ -8,17 +8,25 @@ from collections.abc import Sequence
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
-    """Walk X-Forwarded-For from the right while hops are trusted; the first untrusted
-    address is the client. Without trusted proxies the peer address is the client."""
+def client_ip(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[Network]) -> str:
+    """The rightmost address that is not a trusted proxy.
+
+    `forwarded_for` holds every X-Forwarded-For line, in order; together they are one list
+    (RFC 9110 5.3), each proxy appending the address it received the request from. Only the
+    entries that trusted proxies wrote can be believed, so the walk starts at the peer and
+    goes left while the hop is trusted; however many entries a client writes itself, they
+    are left of the first untrusted one and never read. Without trusted proxies the peer
+    address is the client."""
     address = peer or ""
     if not trusted or not forwarded_for or not _trusted(address, trusted):
         return address
-    for hop in reversed([h.strip() for h in forwarded_for.split(",")][:32]):
+    hops = ",".join(forwarded_for).split(",")
+    for hop in reversed(hops):
+        hop = hop.strip()
         try:
             ipaddress.ip_address(hop)
         except ValueError:
-            return address
+            return address  # a trusted proxy wrote something else: its own view is all we have
         address = hop
         if not _trusted(hop, trusted):
             break

@@ -23,16 +23,18 @@ _OPENAPI = resources.files("authsvc.web").joinpath("openapi.json").read_bytes()
 def _ip(request: web.Request) -> str:
     return client_ip(
         request.remote,
-        request.headers.get("X-Forwarded-For"),
+        request.headers.getall("X-Forwarded-For", ()),
         request.app[SETTINGS].trusted_proxies,
     )
 
 
 async def _principal(request: web.Request) -> Principal:
-    header = request.headers.get("Authorization")
-    if header is None:
+    headers = request.headers.getall("Authorization", ())
+    if not headers:
         raise InvalidToken("Bearer token required", presented=False)
-    scheme, _, token = header.partition(" ")
+    if len(headers) > 1:  # which one a proxy or client meant is not ours to guess
+        raise InvalidToken("more than one Authorization header")
+    scheme, _, token = headers[0].partition(" ")
     if scheme.lower() != "bearer" or not token or len(token) > MAX_ACCESS_TOKEN_LENGTH:
         raise InvalidToken("malformed Authorization header")
     return await request.app[SERVICE].authenticate(token.strip())

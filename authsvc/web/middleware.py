@@ -57,6 +57,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("unhandled error", extra={"request_id": request_id})
         response = error_response(AuthError())
     response.headers["X-Request-Id"] = request_id
+    response.headers["Server"] = "authsvc"  # not aiohttp's, which names its and Python's versions
     elapsed = time.perf_counter() - started
     metrics.http.observe(route, response.status, elapsed)
     access_log = request.app[ACCESS_LOG]

@@ -3,47 +3,55 @@
 -- exactly `limit` sessions.
 -- KEYS[1]  the user's session index, a sorted set of session ids scored by last_used_at
 --          (<prefix>:{u:<user_id>}:s); session hashes are KEYS[1] .. ':' .. session_id and
---          share its hash tag, so they live in this script's slot (see docs/design.md)
+--          share its hash tag, so they live in this script's slot
 -- KEYS[2]  the new session's hash (KEYS[1] .. ':' .. ARGV[1])
 -- KEYS[3]  the user hash <prefix>:{u:<user_id>}:user
--- ARGV     session_id, now_ms, idle_ttl_ms, max_ttl_ms, limit, channel, email,
---          user_agent, ip
--- The hash holds no user id: it is the hash tag of every key name here.
--- Returns  the evicted session ids (an empty table when none)
--- Time     the caller's clock (ARGV[2]); Redis TTLs only clean up.
--- A replay (client retry after a lost reply) finds KEYS[2] and changes nothing.
+-- KEYS[4]  the user's tombstones <prefix>:{u:<user_id>}:ended
+-- ARGV     session_id, idle_ttl_ms, max_ttl_ms, limit, channel, user_id, user_agent, ip,
+--          password version the login verified, shift_ms
+-- Returns  {1, created_at_ms, evicted ids...}  created (or found by a replay)
+--          {0}                               the password changed since it was verified,
+--                                            or the account is gone: nothing written
+-- Time     Redis (now_ms); Redis TTLs only clean up.
+-- Every key is read before the first write, so a slot migration that moved some of them
+-- stops the script before it has changed anything (the caller retries).
 local sid = ARGV[1]
-local now, idle_ttl, max_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local limit, channel = tonumber(ARGV[5]), ARGV[6]
-local email, user_agent, ip = ARGV[7], ARGV[8], ARGV[9]
-local index, session = KEYS[1], KEYS[2]
+local idle_ttl, max_ttl, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local user_agent, ip, version = ARGV[7], ARGV[8], ARGV[9]
+local index, session, user, ended = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now = now_ms(ARGV[10])
 
-if redis.call('EXISTS', session) == 1 then
-  return {}
+local created = redis.call('HGET', session, 'c')
+if created then
+  return {1, tonumber(created)}
+end
+if redis.call('HEXISTS', ended, sid) == 1 then
+  return {1, now}
+end
+if redis.call('HGET', user, 'pv') ~= version then
+  return {0}
 end
 
-local function alive(key)
-  local fields = redis.call('HMGET', key, 'c', 'u')
-  if not fields[1] then
-    return false
-  end
-  return now < tonumber(fields[2]) + idle_ttl and now < tonumber(fields[1]) + max_ttl
-end
-
+local live, dead = {}, {}
 for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-  local key = index .. ':' .. member
-  if not alive(key) then
-    redis.call('ZREM', index, member)
-    redis.call('DEL', key)
+  if alive(redis.call('HMGET', index .. ':' .. member, 'c', 'u'), now, idle_ttl, max_ttl) then
+    live[#live + 1] = member
+  else
+    dead[#dead + 1] = member
   end
 end
 
-local evicted = {}
-while redis.call('ZCARD', index) >= limit do
-  local victim = redis.call('ZPOPMIN', index)[1]
-  redis.call('DEL', index .. ':' .. victim)
-  redis.call('PUBLISH', channel, victim)
-  evicted[#evicted + 1] = victim
+for _, member in ipairs(dead) do
+  redis.call('ZREM', index, member)
+  redis.call('DEL', index .. ':' .. member)
+end
+local ctx = {index = index, ended = ended, now = now, call = '', channel = ARGV[5], user = ARGV[6]}
+local reply = {1, now}
+local i = 1
+while #live - i + 1 >= limit do
+  end_session(ctx, live[i], 'evicted')
+  reply[#reply + 1] = live[i]
+  i = i + 1
 end
 
 redis.call('HSET', session, 'gen', 0, 'c', now, 'u', now, 'ua', user_agent, 'ip', ip)
@@ -52,5 +60,4 @@ redis.call('ZADD', index, now, sid)
 if redis.call('PTTL', index) < idle_ttl then
   redis.call('PEXPIRE', index, idle_ttl)
 end
-redis.call('HSETNX', KEYS[3], 'email', email)
-return evicted
+return reply

@@ -1,10 +1,16 @@
--- End sessions of one user and announce each on the revocation channel.
+-- End sessions of one user, leave their tombstones and announce each on the channel.
 -- KEYS[1]  the user's session index (sorted set); session hashes are KEYS[1] .. ':' .. id
--- ARGV     channel, target session id or '*' for all, session id to keep or ''
--- Returns  the ids of the sessions that ended (live ones only)
--- Idempotent: a replay finds nothing left to end.
-local channel, target, keep = ARGV[1], ARGV[2], ARGV[3]
-local index = KEYS[1]
+-- KEYS[2]  the user's tombstones
+-- ARGV     channel, target session id or '*' for all, session id to keep or '', reason,
+--          user_id, call id (unique per request), shift_ms
+-- Returns  the ids of the sessions that ended (live ones only). A replay of the same call
+--          (same call id) answers as the first run did.
+-- Time     Redis (now_ms), for the tombstones.
+-- Every session hash is read before the first write (see create_session.lua).
+local channel, target, keep, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local index, ended, call = KEYS[1], KEYS[2], ARGV[6]
+local ctx = {index = index, ended = ended, now = now_ms(ARGV[7]), call = call,
+             channel = channel, user = ARGV[5]}
 
 local members
 if target == '*' then
@@ -13,17 +19,26 @@ else
   members = {target}
 end
 
-local ended = {}
+local found, live = {}, {}
 for _, member in ipairs(members) do
   if member ~= keep then
-    local existed = redis.call('DEL', index .. ':' .. member)
-    local indexed = redis.call('ZREM', index, member)
-    if existed == 1 or indexed == 1 then
-      redis.call('PUBLISH', channel, member)
-      if existed == 1 then
-        ended[#ended + 1] = member
-      end
+    local existed = redis.call('EXISTS', index .. ':' .. member) == 1
+    if existed or redis.call('ZSCORE', index, member) then
+      found[#found + 1] = member
+      live[#live + 1] = existed
     end
   end
 end
-return ended
+
+if target ~= '*' and #found == 0 and call ~= '' and ended_by(ended, target) == call then
+  return {target}
+end
+
+local reply = {}
+for i, member in ipairs(found) do
+  end_session(ctx, member, reason)
+  if live[i] then
+    reply[#reply + 1] = member
+  end
+end
+return reply

@@ -1,13 +1,14 @@
 -- Rotate a session's refresh token: generation g becomes g + 1.
 -- KEYS[1]  the user's session index (sorted set by last_used_at)
 -- KEYS[2]  the session hash (KEYS[1] .. ':' .. session_id)
--- ARGV     session_id, generation presented, now_ms, idle_ttl_ms, max_ttl_ms,
---          grace_ms, channel
--- Returns  {1, generation to issue, created_at_ms, last_used_at_ms}  rotated, or within
---                                                     the grace window
+-- KEYS[3]  the user's tombstones
+-- ARGV     session_id, generation presented, idle_ttl_ms, max_ttl_ms, grace_ms, channel,
+--          user_id, shift_ms
+-- Returns  {1, generation to issue, created_at_ms, last_used_at_ms, now_ms}  rotated, or
+--                                                     within the grace window
 --          {0}                                        no such live session
 --          {2}                                        reuse: the session is now revoked
--- Time     the caller's clock (ARGV[3]).
+-- Time     Redis (now_ms), so the grace window and lifetimes are the same on every instance.
 -- The current generation g rotates. g - 1 within `grace` of that rotation answers with the
 -- same successor g (parallel tabs, a lost response, a replay of this script by a client
 -- retry). Anything older, or g - 1 after the grace window, is token reuse.
@@ -15,32 +16,28 @@
 -- rotation that the grace window counts from; a repeat within the grace window is the
 -- same refresh again and changes nothing.
 local sid, presented = ARGV[1], tonumber(ARGV[2])
-local now, idle_ttl, max_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local grace, channel = tonumber(ARGV[6]), ARGV[7]
+local idle_ttl, max_ttl, grace = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local index, session = KEYS[1], KEYS[2]
+local now = now_ms(ARGV[8])
+local ctx = {index = index, ended = KEYS[3], now = now, call = '', channel = ARGV[6], user = ARGV[7]}
 
 local fields = redis.call('HMGET', session, 'gen', 'c', 'u')
-if not fields[1] then
+if not fields[1] or not redis.call('ZSCORE', index, sid) then  -- see probe_session.lua
   return {0}
 end
 local current, created, last_used = tonumber(fields[1]), tonumber(fields[2]), tonumber(fields[3])
 
-local function drop()
-  redis.call('DEL', session)
-  redis.call('ZREM', index, sid)
-end
-
 if now >= last_used + idle_ttl or now >= created + max_ttl then
-  drop()
+  ctx.channel = nil  -- no token of it outlives its expiry: nobody needs telling
+  end_session(ctx, sid, 'expired')
   return {0}
 end
 
 if presented == current - 1 and now - last_used <= grace then
-  return {1, current, created, last_used}
+  return {1, current, created, last_used, now}
 end
 if presented ~= current then
-  drop()
-  redis.call('PUBLISH', channel, sid)
+  end_session(ctx, sid, 'reuse_detected')
   return {2}
 end
 
@@ -52,4 +49,4 @@ redis.call('ZADD', index, now, sid)
 if redis.call('PTTL', index) < ttl then
   redis.call('PEXPIRE', index, ttl)
 end
-return {1, next_generation, created, now}
+return {1, next_generation, created, now, now}
