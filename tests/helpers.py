@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio.cluster import RedisCluster
 
+from authsvc.domain.clock import Clock
 from authsvc.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
@@ -63,3 +64,23 @@ def raw_redis(
     if settings.redis_cluster:
         return RedisCluster.from_url(url, decode_responses=decode_responses)
     return aioredis.Redis.from_url(url, decode_responses=decode_responses)
+
+
+class SkewedClock(Clock):
+    """Another instance's clock: the same shared time as `base` (its shift, which the
+    scripts add to Redis's time), but a wall clock `skew` seconds off."""
+
+    def __init__(self, base: Clock, skew: float) -> None:
+        super().__init__()
+        self._base = base
+        self._skew = skew
+
+    def __call__(self) -> float:
+        return self._base() + self._skew
+
+    @property
+    def shift_ms(self) -> int:
+        return self._base.shift_ms
+
+    def advance(self, seconds: float) -> None:
+        self._base.advance(seconds)
