@@ -1,6 +1,6 @@
 """Filling a Redis with sessions laid out exactly as authsvc stores them.
 
-For each made-up user: the account hash, the user hash, 1 to `limit` session hashes
+For each made-up user: the email's user id, the user hash, 1 to `limit` session hashes
 (`gen c u ua ip`, as create_session.lua and rotate_session.lua write them) and the
 sorted-set index scored by last use, each with the TTL authsvc would have given it.
 Written with a pipelined redis-py loop; see authsvc/store/keys.py for the names."""
@@ -108,11 +108,10 @@ def _add_user(
     tag = f"{layout.prefix}:{{u:{user_id}}}"
     digest = hashlib.sha256(email.encode()).hexdigest()[:32]
     joined = now_ms - rng.randrange(30 * 86_400_000)
+    pipe.set(f"{layout.prefix}:{{e:{digest}}}:uid", user_id)
     pipe.hset(
-        f"{layout.prefix}:{{e:{digest}}}:account",
-        mapping={"uid": user_id, "email": email, "pw": FILLER_PASSWORD_HASH, "c": joined},
+        f"{tag}:user", mapping={"email": email, "pw": FILLER_PASSWORD_HASH, "pv": 0, "c": joined}
     )
-    pipe.hset(f"{tag}:user", "email", email)
     index: dict[str, int] = {}
     for _ in range(count):
         session_id, last_used = _add_session(pipe, rng, layout, now_ms, tag)

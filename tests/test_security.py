@@ -1,0 +1,202 @@
+"""Security promises under concurrency and clock skew: throttles, password changes, grace
+windows and replays, each with two app instances on one Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from authsvc.domain.clock import Clock
+from authsvc.settings import Settings
+from authsvc.store.keys import Keys
+from authsvc.store.scripts import Scripts
+from authsvc.store.sessions import SessionStore
+from authsvc.web.context import REDIS, SERVICE
+from tests.conftest import ClientFactory, with_
+from tests.helpers import PASSWORD, Client, SkewedClock, bearer, login, me_status, refresh, signup
+
+NEW_PASSWORD = "a much better passphrase"
+
+
+async def _attempt(client: Client, email: str, password: str) -> int:
+    response = await client.post("/v1/auth/login", json={"email": email, "password": password})
+    await response.read()
+    if response.status == 429:
+        assert int(response.headers["Retry-After"]) >= 1
+    return response.status
+
+
+async def test_concurrent_wrong_logins_on_two_instances_get_at_most_the_limit_of_checks(
+    make_client: ClientFactory, settings: Settings
+) -> None:
+    s = with_(settings, login_failure_limit=3)
+    a, b = await make_client(s), await make_client(s)
+    await signup(a, "guessed@example.com")
+    statuses = await asyncio.gather(
+        *(_attempt(c, "guessed@example.com", f"wrong guess {i}") for i, c in enumerate([a, b] * 50))
+    )
+    assert Counter(statuses) == {401: 3, 429: 97}
+    assert await _attempt(b, "guessed@example.com", PASSWORD) == 429  # even the right one
+
+
+async def test_concurrent_right_logins_of_one_user_are_not_throttled(
+    make_client: ClientFactory, settings: Settings
+) -> None:
+    s = with_(settings, login_failure_limit=3, session_limit=100)
+    a, b = await make_client(s), await make_client(s)
+    await signup(a, "busy@example.com")
+    statuses = await asyncio.gather(
+        *(_attempt(c, "busy@example.com", PASSWORD) for c in [a, b] * 15)
+    )
+    assert statuses == [200] * 30
+
+
+async def test_wrong_current_passwords_are_throttled_like_logins(
+    make_client: ClientFactory, settings: Settings
+) -> None:
+    s = with_(settings, login_failure_limit=5)
+    a, b = await make_client(s), await make_client(s)
+    await signup(a, "stolen@example.com")
+    tokens = await login(a, "stolen@example.com")
+
+    async def change(client: Client, current: str) -> int:
+        response = await client.post(
+            "/v1/auth/password",
+            json={"current_password": current, "new_password": NEW_PASSWORD},
+            headers=bearer(tokens),
+        )
+        await response.read()
+        return response.status
+
+    statuses = await asyncio.gather(
+        *(change(c, f"guess number {i}") for i, c in enumerate([a, b] * 20))
+    )
+    assert Counter(statuses) == {401: 5, 429: 35}
+    assert await change(a, PASSWORD) == 429  # the 41st, right, is refused too
+    assert await _attempt(b, "stolen@example.com", PASSWORD) == 429  # one counter for both
+
+
+async def test_logins_verified_before_a_password_change_leave_no_live_session(
+    make_client: ClientFactory, settings: Settings
+) -> None:
+    s = with_(settings, session_limit=100)
+    a, b = await make_client(s), await make_client(s)
+    await signup(a, "changer@example.com")
+    tokens = await login(a, "changer@example.com")
+    # Logins on b check the old password, then wait before storing their sessions.
+    sessions: SessionStore = b.app[SERVICE]._sessions
+    verified, go_on = asyncio.Semaphore(0), asyncio.Event()
+    store = sessions.create
+
+    async def create_later(**kwargs: Any) -> Any:
+        verified.release()
+        await go_on.wait()
+        return await store(**kwargs)
+
+    sessions.create = create_later  # type: ignore[method-assign]
+    logins = [
+        asyncio.ensure_future(_attempt(b, "changer@example.com", PASSWORD)) for _ in range(10)
+    ]
+    for _ in logins:
+        await verified.acquire()
+    response = await a.post(
+        "/v1/auth/password",
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+        headers=bearer(tokens),
+    )
+    assert response.status == 204
+    go_on.set()
+    assert await asyncio.gather(*logins) == [401] * 10
+    listed = await a.get("/v1/sessions", headers=bearer(tokens))
+    assert [x["session_id"] for x in (await listed.json())["sessions"]] == [tokens["session_id"]]
+    assert await _attempt(a, "changer@example.com", PASSWORD) == 401
+    assert await _attempt(a, "changer@example.com", NEW_PASSWORD) == 200
+
+
+async def test_a_password_change_ends_the_other_sessions_in_the_same_step(
+    make_client: ClientFactory, settings: Settings
+) -> None:
+    a, b = await make_client(settings), await make_client(settings)
+    await signup(a, "one-step@example.com")
+    keep, other = await login(a, "one-step@example.com"), await login(b, "one-step@example.com")
+    assert await me_status(b, other) == 200  # b caches the session as live
+    response = await a.post(
+        "/v1/auth/password",
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+        headers=bearer(keep),
+    )
+    assert response.status == 204
+    assert (await refresh(b, other["refresh_token"]))[0] == 401
+    async with asyncio.timeout(1.0):  # the revocation reaches b within a second
+        while await me_status(b, other) != 401:
+            await asyncio.sleep(0.01)
+    assert await me_status(a, keep) == 200
+
+
+async def test_clock_skew_between_instances_neither_shrinks_nor_stretches_the_grace_window(
+    make_client: ClientFactory, settings: Settings, clock: Clock
+) -> None:
+    ahead = await make_client(settings, clock=SkewedClock(clock, 11))
+    behind = await make_client(settings, clock=SkewedClock(clock, -30))
+    await signup(ahead, "skew@example.com")
+    first = await login(ahead, "skew@example.com")
+    status, second = await refresh(behind, first["refresh_token"])
+    assert status == 200
+    clock.advance(1)
+    # 1 s after the rotation, on the instance 11 s ahead: a retry within the grace window.
+    status, again = await refresh(ahead, first["refresh_token"])
+    assert (status, again["refresh_token"]) == (200, second["refresh_token"])
+    clock.advance(34)
+    # 35 s after the rotation, on the instance 30 s behind: reuse, and the session ends.
+    status, body = await refresh(behind, first["refresh_token"])
+    assert (status, body["error"]) == (401, "invalid_grant")
+    assert (await refresh(ahead, second["refresh_token"]))[0] == 401
+
+
+async def test_clock_skew_changes_no_session_lifetime(
+    make_client: ClientFactory, settings: Settings, clock: Clock
+) -> None:
+    s = with_(settings, session_idle_ttl=100, session_max_ttl=1000, access_token_ttl=10)
+    ahead = await make_client(s, clock=SkewedClock(clock, 60))
+    behind = await make_client(s, clock=SkewedClock(clock, -60))
+    await signup(ahead, "lifetime@example.com")
+    tokens = await login(behind, "lifetime@example.com")
+    clock.advance(99)
+    status, tokens = await refresh(ahead, tokens["refresh_token"])  # 1 s before the idle end
+    assert status == 200
+    assert tokens["refresh_expires_in"] == 100
+    clock.advance(101)
+    status, _ = await refresh(behind, tokens["refresh_token"])  # 1 s after it
+    assert status == 401
+
+
+async def test_a_replayed_revoke_answers_as_its_first_run(
+    client: Client, settings: Settings
+) -> None:
+    user_id = await signup(client, "replay@example.com")
+    tokens = await login(client, "replay@example.com")
+    scripts = Scripts(client.app[REDIS])
+    keys = Keys(settings.key_prefix)
+    call = [keys.session_index(user_id), keys.ended(user_id)]
+    args = [keys.channel, tokens["session_id"], "", "logout", user_id, "call-1", 0]
+    assert await scripts.revoke_sessions(keys=call, args=args) == [tokens["session_id"]]
+    # redis-py replays a command whose reply was lost: the replay must not become a 404.
+    assert await scripts.revoke_sessions(keys=call, args=args) == [tokens["session_id"]]
+    other = [*args[:5], "call-2", 0]  # another request for the same, ended, session
+    assert await scripts.revoke_sessions(keys=call, args=other) == []
+
+
+async def test_a_replayed_password_change_answers_as_its_first_run(
+    client: Client, settings: Settings
+) -> None:
+    user_id = await signup(client, "replay-pw@example.com")
+    await login(client, "replay-pw@example.com")
+    scripts = Scripts(client.app[REDIS])
+    keys = Keys(settings.key_prefix)
+    call = [keys.user(user_id), keys.session_index(user_id), keys.ended(user_id)]
+    args = ["$2b$04$not-a-real-hash", "0", "", keys.channel, user_id, "call-1", 0]
+    first = await scripts.change_password(keys=call, args=args)
+    assert len(first) == 1
+    assert await scripts.change_password(keys=call, args=args) == []  # succeeded, nothing new
+    assert await scripts.change_password(keys=call, args=[*args[:5], "call-2", 0]) is None
