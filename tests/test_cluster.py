@@ -25,7 +25,7 @@ from authsvc.store.scripts import Scripts, script_text
 from authsvc.store.sessions import SessionStore, SessionTimes
 from tests.cluster import RedisCluster3
 from tests.conftest import ClientFactory, free_port
-from tests.helpers import login, refresh, signup
+from tests.helpers import bearer, login, me_status, refresh, signup
 
 _prefixes = itertools.count()
 DAY_MS = 86_400_000
@@ -320,3 +320,55 @@ async def test_an_unreachable_cluster_raises_redis_errors_only() -> None:
         assert time.monotonic() - started < 3.0
     finally:
         await client.aclose()
+
+
+async def test_a_revocation_during_a_slot_migration_is_all_or_nothing(
+    cluster3: RedisCluster3, cluster_settings: Settings, make_client: ClientFactory
+) -> None:
+    client = await make_client(cluster_settings)
+    user_id = await signup(client, "halfway@example.com")
+    sessions = [await login(client, "halfway@example.com") for _ in range(4)]
+    first, second, third, fourth = sessions
+    # With a tombstone hash in place, both keys the script declares (index and tombstones)
+    # are still on the source, so the script runs there and meets the moved hash inside.
+    logout = await client.post("/v1/auth/logout", headers=bearer(fourth))
+    assert logout.status == 204
+    keys = Keys(cluster_settings.key_prefix)
+    index, ended = keys.session_index(user_id), keys.ended(user_id)
+    source = _owner(cluster3, index)
+    move = SlotMove(cluster3, key_slot(index.encode()), source, _other_master(cluster3, source))
+    move.begin()
+    try:
+        with _node(source) as r:
+            assert r.exists(ended) == 1
+        move.migrate([keys.session(user_id, second["session_id"])])
+        tryagain_before = _errorstat(source, "TRYAGAIN")
+        errors_before = _errorstat(source, "ERR")
+
+        started = time.monotonic()
+        response = await client.post("/v1/auth/logout-all", headers=bearer(first))
+        assert time.monotonic() - started < 3.0
+        assert response.status == 503, await response.text()
+        assert (await response.json())["error"] == "unavailable"
+        assert "Retry-After" in response.headers
+        # The script ran on the source and was refused inside, at the moved hash (not
+        # with TRYAGAIN before it started, which is another path).
+        assert _errorstat(source, "TRYAGAIN") == tryagain_before
+        assert _errorstat(source, "ERR") > errors_before
+
+        # Nothing was half done: the sessions still on the source are untouched.
+        with _node(source) as r:
+            for tokens in (first, third):
+                assert r.exists(keys.session(user_id, tokens["session_id"])) == 1
+                assert r.hexists(ended, tokens["session_id"]) is False
+            assert r.zcard(index) == 3
+    finally:
+        move.finish()
+
+    response = await client.post("/v1/auth/logout-all", headers=bearer(first))
+    assert response.status == 204, await response.text()
+    fresh = await make_client(cluster_settings)  # no access-token verdicts cached
+    for tokens in (first, second, third):
+        assert await me_status(fresh, tokens) == 401
+        status, body = await refresh(fresh, tokens["refresh_token"])
+        assert (status, body["error"]) == (401, "invalid_grant")
