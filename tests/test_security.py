@@ -203,3 +203,21 @@ async def test_a_replayed_password_change_answers_as_its_first_run(
     assert len(first) == 1
     assert await scripts.change_password(keys=call, args=args) == []  # succeeded, nothing new
     assert await scripts.change_password(keys=call, args=[*args[:5], "call-2", 0]) is None
+
+
+async def test_a_replayed_rotation_answers_as_its_first_run_even_without_a_grace_window(
+    client: Client, settings: Settings
+) -> None:
+    user_id = await signup(client, "replay-rotate@example.com")
+    tokens = await login(client, "replay-rotate@example.com")
+    scripts = Scripts(client.app[REDIS])
+    keys = Keys(settings.key_prefix)
+    sid = tokens["session_id"]
+    call = [keys.session_index(user_id), keys.session(user_id, sid), keys.ended(user_id)]
+    day = 86_400_000
+    args = [sid, 0, day, day, 0, keys.channel, user_id, 0, "call-1"]  # grace 0
+    first = await scripts.rotate_session(keys=call, args=args)
+    assert first[:2] == [1, 1]
+    assert (await scripts.rotate_session(keys=call, args=args))[:2] == [1, 1]  # the replay
+    # Another request with the same (now old) generation is reuse: the session ends.
+    assert await scripts.rotate_session(keys=call, args=[*args[:8], "call-2"]) == [2]

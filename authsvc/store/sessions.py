@@ -58,10 +58,11 @@ class RotateResult:
     now_ms: int = 0
 
 
-def call_id() -> str:
-    """A unique id for one call of a script that ends sessions: a replay of the call by a
-    client retry carries the same id and answers as the first run did."""
-    return secrets.token_urlsafe(12)
+def call_id(*, short: bool = False) -> str:
+    """A unique id for one call of a script: a replay of the call by a client retry carries
+    the same id and answers as the first run did. `short` ids (48 bits) are for the one that
+    every session hash keeps: they need only tell one session's rotations apart."""
+    return secrets.token_urlsafe(6 if short else 12)
 
 
 class SessionStore:
@@ -136,6 +137,7 @@ class SessionStore:
                 k.channel,
                 user_id,
                 self._shift_ms(),
+                call_id(short=True),
             ],
         )
         outcome = Rotation(int(reply[0]))

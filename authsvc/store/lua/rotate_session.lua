@@ -3,15 +3,16 @@
 -- KEYS[2]  the session hash (KEYS[1] .. ':' .. session_id)
 -- KEYS[3]  the user's tombstones
 -- ARGV     session_id, generation presented, idle_ttl_ms, max_ttl_ms, grace_ms, channel,
---          user_id, shift_ms
+--          user_id, shift_ms, call id (unique per request; the hash keeps the last one as 'r')
 -- Returns  {1, generation to issue, created_at_ms, last_used_at_ms, now_ms}  rotated, or
 --                                                     within the grace window
 --          {0}                                        no such live session
 --          {2}                                        reuse: the session is now revoked
 -- Time     Redis (now_ms), so the grace window and lifetimes are the same on every instance.
 -- The current generation g rotates. g - 1 within `grace` of that rotation answers with the
--- same successor g (parallel tabs, a lost response, a replay of this script by a client
--- retry). Anything older, or g - 1 after the grace window, is token reuse.
+-- same successor g (parallel tabs, a lost response); so does a replay of this very call by a
+-- client retry, whatever the grace window (even 0). Anything older, or g - 1 after the grace
+-- window, is token reuse.
 -- Only login and rotation set last_used_at ('u'), so it is also the time of the last
 -- rotation that the grace window counts from; a repeat within the grace window is the
 -- same refresh again and changes nothing.
@@ -21,7 +22,7 @@ local index, session = KEYS[1], KEYS[2]
 local now = now_ms(ARGV[8])
 local ctx = {index = index, ended = KEYS[3], now = now, call = '', channel = ARGV[6], user = ARGV[7]}
 
-local fields = redis.call('HMGET', session, 'gen', 'c', 'u')
+local fields = redis.call('HMGET', session, 'gen', 'c', 'u', 'r')
 if not fields[1] or not redis.call('ZSCORE', index, sid) then  -- see probe_session.lua
   return {0}
 end
@@ -33,7 +34,7 @@ if now >= last_used + idle_ttl or now >= created + max_ttl then
   return {0}
 end
 
-if presented == current - 1 and now - last_used <= grace then
+if presented == current - 1 and (now - last_used <= grace or fields[4] == ARGV[9]) then
   return {1, current, created, last_used, now}
 end
 if presented ~= current then
@@ -42,7 +43,7 @@ if presented ~= current then
 end
 
 local next_generation = current + 1
-redis.call('HSET', session, 'gen', next_generation, 'u', now)
+redis.call('HSET', session, 'gen', next_generation, 'u', now, 'r', ARGV[9])
 local ttl = math.min(idle_ttl, created + max_ttl - now)
 redis.call('PEXPIRE', session, ttl)
 redis.call('ZADD', index, now, sid)
