@@ -164,6 +164,10 @@ def risky(s: Settings) -> list[str]:
         notes.append(f"AUTHSVC_SESSION_IDLE_TTL={s.session_idle_ttl}: sessions end quickly")
     if s.session_max_ttl < 3600:
         notes.append(f"AUTHSVC_SESSION_MAX_TTL={s.session_max_ttl}: sessions end quickly")
+    if s.login_failure_window < 60:
+        notes.append(f"AUTHSVC_LOGIN_FAILURE_WINDOW={s.login_failure_window}: little throttling")
+    if s.ip_rate_limit and s.ip_rate_window < 10:
+        notes.append(f"AUTHSVC_IP_RATE_WINDOW={s.ip_rate_window}: little throttling")
     if s.bcrypt_rounds < 10:
         notes.append(f"AUTHSVC_BCRYPT_ROUNDS={s.bcrypt_rounds}: passwords are cheap to guess")
     return notes
