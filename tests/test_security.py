@@ -218,6 +218,8 @@ async def test_a_replayed_rotation_answers_as_its_first_run_even_without_a_grace
     args = [sid, 0, day, day, 0, keys.channel, user_id, 0, "call-1"]  # grace 0
     first = await scripts.rotate_session(keys=call, args=args)
     assert first[:2] == [1, 1]
+    # As if the rotation was a second ago (a replay comes some time after its first run).
+    await client.app[REDIS].hset(keys.session(user_id, sid), "u", first[3] - 1000)
     assert (await scripts.rotate_session(keys=call, args=args))[:2] == [1, 1]  # the replay
     # Another request with the same (now old) generation is reuse: the session ends.
     assert await scripts.rotate_session(keys=call, args=[*args[:8], "call-2"]) == [2]

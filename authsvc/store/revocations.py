@@ -30,9 +30,9 @@ class Revocation(NamedTuple):
 
 def parse(payload: str) -> Revocation | None:
     """A channel message (see _lib.lua); None for a format this version cannot read."""
-    version, _, rest = payload.partition(" ")
-    if not rest:  # authsvc 0.1 published the bare session id
+    if " " not in payload:  # authsvc 0.1 published the bare session id
         return Revocation(payload, "", "") if payload else None
+    version, _, rest = payload.partition(" ")
     parts = rest.split(" ")
     if version != "1" or len(parts) != 3:
         return None
@@ -77,27 +77,19 @@ class RevocationFeed:
     async def run(self) -> None:
         """Subscribe, listen, and resubscribe after any failure, until cancelled."""
         delay = 0.05
-        try:
-            while True:
-                try:
-                    await self._listen()
-                except Exception as exc:
-                    # A cancellation that meets a read timeout can surface as TimeoutError: a
-                    # feed that is being stopped must stop, not resubscribe.
-                    if _cancelling():
-                        raise asyncio.CancelledError from exc
-                    if self._subscribed:
-                        log.warning("revocation feed lost: %r", exc)
-                        delay = 0.05
-                self._lose()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        finally:
-            self._lose()
-
-    def _lose(self) -> None:
-        self._subscribed = False
-        self.epoch += 1
+        while True:
+            epoch = self.epoch
+            try:
+                await self._listen()
+            except Exception as exc:
+                # A cancellation that meets a read timeout can surface as TimeoutError: a
+                # feed that is being stopped must stop, not resubscribe.
+                if _cancelling():
+                    raise asyncio.CancelledError from exc
+            if self.epoch > epoch + 1:  # it had subscribed: start again quickly
+                delay = 0.05
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _listen(self) -> None:
         # A cluster gives a client for another node on every attempt (see pubsub_client).
@@ -108,7 +100,7 @@ class RevocationFeed:
         try:
             await pubsub.subscribe(self._channel)
             loop = asyncio.get_running_loop()
-            last_ping = loop.time()
+            last_ping = self._last_reply = loop.time()
             while True:
                 message = await pubsub.get_message(timeout=PING_EVERY)
                 now = loop.time()
@@ -130,7 +122,15 @@ class RevocationFeed:
                 if now - last_ping >= PING_EVERY:
                     await pubsub.ping()
                     last_ping = now
+        except BaseException as exc:
+            if self._subscribed and not isinstance(exc, asyncio.CancelledError):
+                log.warning("revocation feed lost: %r", exc)
+            raise
         finally:
+            # Distrusted before anything else runs: closing the connection awaits, and
+            # meanwhile the gate must not admit from what this subscription taught it.
+            self._subscribed = False
+            self.epoch += 1
             try:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             finally:
