@@ -386,3 +386,10 @@ async def test_a_login_after_a_bcrypt_cost_change_rehashes_at_the_new_cost(
         "/v1/auth/login", json={"email": "cost@example.com", "password": "not the password"}
     )
     assert wrong.status == 401
+
+
+def test_forwarded_addresses_with_ports_are_read_as_addresses() -> None:
+    trusted = [ipaddress.ip_network("10.0.0.0/8")]
+    assert client_ip("10.0.0.1", ["198.51.100.7:5123"], trusted) == "198.51.100.7"
+    assert client_ip("10.0.0.1", ["[2001:db8::7]:443"], trusted) == "2001:db8::7"
+    assert client_ip("10.0.0.1", ["2001:db8::80"], trusted) == "2001:db8::80"

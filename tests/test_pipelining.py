@@ -105,7 +105,7 @@ async def test_a_batch_that_cannot_reach_redis_fails_every_call_with_a_redis_err
     try:
         scripts = Scripts(client)
         outcomes = await asyncio.gather(
-            *(scripts.throttle(keys=["k"], args=[1, 1000, 1, 0]) for _ in range(5)),
+            *(scripts.throttle(keys=["k"], args=[1, 1000, "hit", 0, ""]) for _ in range(5)),
             return_exceptions=True,
         )
         assert all(isinstance(o, RedisError) for o in outcomes), outcomes

@@ -223,3 +223,33 @@ async def test_a_replayed_rotation_answers_as_its_first_run_even_without_a_grace
     assert (await scripts.rotate_session(keys=call, args=args))[:2] == [1, 1]  # the replay
     # Another request with the same (now old) generation is reuse: the session ends.
     assert await scripts.rotate_session(keys=call, args=[*args[:8], "call-2"]) == [2]
+
+
+async def _throttle_state(client: Client, key: str) -> tuple[int, int]:
+    n, p = await client.app[REDIS].hmget(key, ["n", "p"])
+    return int(n or 0), int(p or 0)
+
+
+async def test_a_check_is_settled_once_and_only_in_its_own_window(
+    client: Client, settings: Settings
+) -> None:
+    scripts = Scripts(client.app[REDIS])
+    key = Keys(settings.key_prefix).login_failures("settle@example.com")
+
+    async def step(op: str, check: str, shift_ms: int = 0) -> int:
+        return int(await scripts.throttle(keys=[key], args=[3, 60_000, op, shift_ms, check]))
+
+    assert await step("take", "a") == 0
+    assert await step("take", "a") == 0  # a replayed take counts nothing
+    assert await step("take", "b") == 0
+    assert await _throttle_state(client, key) == (2, 2)
+    await step("pass", "a")
+    await step("pass", "a")  # a replayed pass uncounts nothing more
+    await step("fail", "b")
+    assert await _throttle_state(client, key) == (1, 0)  # b's failure stays counted
+
+    assert await step("take", "old") == 0
+    assert await step("take", "new", shift_ms=60_000) == 0  # the next window
+    await step("pass", "old")  # a check of the last window cannot uncount this one's
+    await step("fail", "new", shift_ms=60_000)
+    assert await _throttle_state(client, key) == (1, 0)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator
 
@@ -57,9 +58,10 @@ class Throttle:
     async def password_check(self, email: str) -> AsyncIterator[Verdict]:
         """Around one password check of `email` (registered or not): RateLimited when its
         window has no check left. Set `verdict.failed` when the password was wrong."""
-        key = self._keys.login_failures(email)
+        key, check = self._keys.login_failures(email), secrets.token_urlsafe(9)
+        limit, window_ms = self._failure_limit, self._failure_window_ms
         give_up = time.monotonic() + BUSY_WAIT
-        while wait_ms := await self._store.take(key, self._failure_limit, self._failure_window_ms):
+        while wait_ms := await self._store.take(key, limit, window_ms, check):
             if wait_ms != BUSY:
                 raise RateLimited(retry_after=_seconds(wait_ms))
             if time.monotonic() > give_up:
@@ -73,9 +75,7 @@ class Throttle:
             # fails too, its count stays until the window ends (errs towards throttling) and
             # the caller sees the first failure.
             with contextlib.suppress(RedisError, OSError):
-                await asyncio.shield(
-                    self._store.settle(key, self._failure_window_ms, failed=verdict.failed)
-                )
+                await asyncio.shield(self._store.settle(key, check, failed=verdict.failed))
 
 
 class Verdict:

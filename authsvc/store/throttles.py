@@ -10,8 +10,7 @@ BUSY = -1  # `take`: the window is full of checks still in flight; try again sho
 
 
 class ThrottleStore:
-    """Count attempts in a throttle's window. A replay of a call after a lost reply counts
-    twice, which only errs towards throttling."""
+    """Count attempts in a throttle's window (see throttle.lua for replays)."""
 
     def __init__(self, scripts: Scripts, shift_ms: Callable[[], int]) -> None:
         self._scripts = scripts
@@ -19,17 +18,17 @@ class ThrottleStore:
 
     async def hit(self, key: str, limit: int, window_ms: int) -> int:
         """Count one attempt: 0, or the milliseconds until the full window ends."""
-        return await self._call(key, limit, window_ms, "hit")
+        return await self._call(key, limit, window_ms, "hit", "")
 
-    async def take(self, key: str, limit: int, window_ms: int) -> int:
-        """Start a password check: 0, BUSY, or the milliseconds until the window ends."""
-        return await self._call(key, limit, window_ms, "take")
+    async def take(self, key: str, limit: int, window_ms: int, check: str) -> int:
+        """Start password check `check` (an id unique to it): 0, BUSY, or the milliseconds
+        until the window ends."""
+        return await self._call(key, limit, window_ms, "take", check)
 
-    async def settle(self, key: str, window_ms: int, *, failed: bool) -> None:
+    async def settle(self, key: str, check: str, *, failed: bool) -> None:
         """End a check that `take` started: a failure stays counted, the rest do not."""
-        await self._call(key, 0, window_ms, "fail" if failed else "pass")
+        await self._call(key, 0, 0, "fail" if failed else "pass", check)
 
-    async def _call(self, key: str, limit: int, window_ms: int, op: str) -> int:
-        return int(
-            await self._scripts.throttle(keys=[key], args=[limit, window_ms, op, self._shift_ms()])
-        )
+    async def _call(self, key: str, limit: int, window_ms: int, op: str, check: str) -> int:
+        args = [limit, window_ms, op, self._shift_ms(), check]
+        return int(await self._scripts.throttle(keys=[key], args=args))

@@ -21,16 +21,28 @@ def client_ip(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[
     if not trusted or not forwarded_for or not _trusted(address, trusted):
         return address
     hops = ",".join(forwarded_for).split(",")
-    for hop in reversed(hops):
-        hop = hop.strip()
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+    for entry in reversed(hops):
+        hop = _address(entry.strip())
+        if hop is None:
             return address  # a trusted proxy wrote something else: its own view is all we have
         address = hop
         if not _trusted(hop, trusted):
             break
     return address
+
+
+def _address(hop: str) -> str | None:
+    """An address as proxies write it: bare, or with a port (`192.0.2.1:443`,
+    `[2001:db8::1]:443`, as some load balancers do)."""
+    host, colon, port = hop.rpartition(":")
+    if colon and port.isdigit() and (host.startswith("[") or "." in host):
+        hop = host
+    hop = hop.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(hop)
+    except ValueError:
+        return None
+    return hop
 
 
 def _trusted(address: str, trusted: Sequence[Network]) -> bool:
