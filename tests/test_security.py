@@ -4,13 +4,20 @@ windows and replays, each with two app instances on one Redis."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
+
+import pytest
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterNode
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from authsvc.domain.clock import Clock
 from authsvc.settings import Settings
 from authsvc.store.keys import Keys
-from authsvc.store.scripts import Scripts
+from authsvc.store.scripts import Scripts, script_text
 from authsvc.store.sessions import SessionStore
 from authsvc.web.context import REDIS, SERVICE
 from tests.conftest import ClientFactory, with_
@@ -253,3 +260,40 @@ async def test_a_check_is_settled_once_and_only_in_its_own_window(
     await step("pass", "old")  # a check of the last window cannot uncount this one's
     await step("fail", "new", shift_ms=60_000)
     assert await _throttle_state(client, key) == (1, 0)
+
+
+async def test_a_logout_whose_reply_is_lost_is_replayed_and_still_answers_204(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await signup(client, "lost-reply@example.com")
+    tokens = await login(client, "lost-reply@example.com")
+    other = await login(client, "lost-reply@example.com")
+    revoke = hashlib.sha1(script_text("revoke_sessions").encode(), usedforsecurity=False)
+    lost: list[str] = []
+
+    def losing(run: Any, is_revoke: Callable[..., bool]) -> Any:
+        async def lose_first_revoke_reply(*args: Any, **kwargs: Any) -> Any:
+            reply = await run(*args, **kwargs)  # it ran in Redis ...
+            if not lost and is_revoke(*args):
+                lost.append("reply")
+                raise RedisConnectionError("reply lost")  # ... but its reply does not arrive
+            return reply
+
+        return lose_first_revoke_reply
+
+    def command_revokes(node: ClusterNode, *command: Any) -> bool:
+        return command[:2] == ("EVALSHA", revoke.hexdigest())
+
+    def pipeline_revokes(pipe: Pipeline, connection: Any, commands: Any, *_: Any) -> bool:
+        return any(command[:2] == ("EVALSHA", revoke.hexdigest()) for command, _ in commands)
+
+    if settings.redis_cluster:  # each command on its own
+        run = losing(ClusterNode.execute_command, command_revokes)
+        monkeypatch.setattr(ClusterNode, "execute_command", run)
+    else:  # scripts travel in pipelines (BoundedRedis.evalsha_batched)
+        run = losing(Pipeline._execute_pipeline, pipeline_revokes)
+        monkeypatch.setattr(Pipeline, "_execute_pipeline", run)
+    response = await client.delete(f"/v1/sessions/{other['session_id']}", headers=bearer(tokens))
+    assert lost == ["reply"]  # redis-py sent the script again
+    assert response.status == 204  # the replay answered as the first run did, not 404
+    assert (await refresh(client, other["refresh_token"]))[0] == 401
