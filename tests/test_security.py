@@ -34,6 +34,18 @@ async def _attempt(client: Client, email: str, password: str) -> int:
     return response.status
 
 
+async def _change_password(
+    client: Client, tokens: dict[str, Any], current: str, new: str = NEW_PASSWORD
+) -> int:
+    response = await client.post(
+        "/v1/auth/password",
+        json={"current_password": current, "new_password": new},
+        headers=bearer(tokens),
+    )
+    await response.read()
+    return response.status
+
+
 async def test_concurrent_wrong_logins_on_two_instances_get_at_most_the_limit_of_checks(
     make_client: ClientFactory, settings: Settings
 ) -> None:
@@ -67,20 +79,11 @@ async def test_wrong_current_passwords_are_throttled_like_logins(
     await signup(a, "stolen@example.com")
     tokens = await login(a, "stolen@example.com")
 
-    async def change(client: Client, current: str) -> int:
-        response = await client.post(
-            "/v1/auth/password",
-            json={"current_password": current, "new_password": NEW_PASSWORD},
-            headers=bearer(tokens),
-        )
-        await response.read()
-        return response.status
-
     statuses = await asyncio.gather(
-        *(change(c, f"guess number {i}") for i, c in enumerate([a, b] * 20))
+        *(_change_password(c, tokens, f"guess number {i}") for i, c in enumerate([a, b] * 20))
     )
     assert Counter(statuses) == {401: 5, 429: 35}
-    assert await change(a, PASSWORD) == 429  # the 41st, right, is refused too
+    assert await _change_password(a, tokens, PASSWORD) == 429  # the 41st, right, is refused too
     assert await _attempt(b, "stolen@example.com", PASSWORD) == 429  # one counter for both
 
 
@@ -107,12 +110,7 @@ async def test_logins_verified_before_a_password_change_leave_no_live_session(
     ]
     for _ in logins:
         await verified.acquire()
-    response = await a.post(
-        "/v1/auth/password",
-        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
-        headers=bearer(tokens),
-    )
-    assert response.status == 204
+    assert await _change_password(a, tokens, PASSWORD) == 204
     go_on.set()
     assert await asyncio.gather(*logins) == [401] * 10
     listed = await a.get("/v1/sessions", headers=bearer(tokens))
@@ -128,12 +126,7 @@ async def test_a_password_change_ends_the_other_sessions_in_the_same_step(
     await signup(a, "one-step@example.com")
     keep, other = await login(a, "one-step@example.com"), await login(b, "one-step@example.com")
     assert await me_status(b, other) == 200  # b caches the session as live
-    response = await a.post(
-        "/v1/auth/password",
-        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
-        headers=bearer(keep),
-    )
-    assert response.status == 204
+    assert await _change_password(a, keep, PASSWORD) == 204
     assert (await refresh(b, other["refresh_token"]))[0] == 401
     for _ in range(100):  # the revocation reaches b within a second
         if await me_status(b, other) == 401:
