@@ -14,8 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
+from authsvc.domain.clients import Clients, ClientsFileError
 from authsvc.domain.clock import Clock, system_clock
 from authsvc.domain.gate import SessionGate
+from authsvc.domain.introspection import TokenInspector
 from authsvc.domain.keys import KeyRing, KeySetError, data_dir_keyring, generate_jwks
 from authsvc.domain.passwords import Hasher
 from authsvc.domain.service import AuthService, Policy
@@ -26,23 +28,28 @@ from authsvc.settings import Settings
 from authsvc.store import client as redis_client
 from authsvc.store.accounts import AccountStore
 from authsvc.store.keys import Keys
-from authsvc.store.revocations import RevocationFeed
+from authsvc.store.revocations import Revocation, RevocationFeed, RevocationStreams
 from authsvc.store.scripts import Scripts
 from authsvc.store.sessions import SessionStore, SessionTimes
 from authsvc.store.throttles import ThrottleStore
 from authsvc.web.access_log import AccessLog
 from authsvc.web.context import (
     ACCESS_LOG,
+    CLIENTS,
     FEED,
     HASHER,
+    INSPECTOR,
     KEYRING,
     METRICS,
     REDIS,
     SERVICE,
     SETTINGS,
+    STREAMS,
+    THROTTLE,
 )
 from authsvc.web.handlers import routes
 from authsvc.web.middleware import observe
+from authsvc.web.oauth import routes as oauth_routes
 from authsvc.web.schemas import MAX_BODY
 
 log = logging.getLogger(__name__)
@@ -72,6 +79,21 @@ def load_keyring(settings: Settings) -> KeyRing:
         raise KeySetError(f"{variable}: {exc}") from None
 
 
+def load_clients(settings: Settings) -> Clients:
+    """The service clients of AUTHSVC_CLIENTS_FILE (none without it)."""
+    if settings.clients_file is None:
+        return Clients()
+    try:
+        return Clients.from_file(settings.clients_file)
+    except ClientsFileError as exc:
+        raise ClientsFileError(f"AUTHSVC_CLIENTS_FILE: {exc}") from None
+
+
+async def _end_streams(streams: RevocationStreams) -> None:
+    # On shutdown: open revocation streams end, so that their requests finish in time.
+    streams.end_all()
+
+
 def _warn_if_readable_by_others(path: Path) -> None:
     # A warning, not a refusal: container secrets are often mounted readable by all, in a
     # container that has one user.
@@ -93,7 +115,11 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[KEYRING] = keyring or load_keyring(settings)
+    app[CLIENTS] = load_clients(settings)
+    app[STREAMS] = streams = RevocationStreams()
+    app.on_shutdown.append(lambda _: _end_streams(streams))
     app.router.add_routes(routes)
+    app.router.add_routes(oauth_routes)
     app.cleanup_ctx.append(_access_log)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_hasher)
@@ -149,29 +175,47 @@ def _service(clock: Clock):  # type: ignore[no-untyped-def]
 
         sessions = SessionStore(client, keys, scripts, times, shift_ms)
         gate = SessionGate(sessions.probe, clock, recheck_after=s.access_token_ttl)
-        feed = RevocationFeed(client, keys.channel, lambda ended: gate.revoked(ended.session_id))
+        streams = app[STREAMS]
+
+        def heard(ended: Revocation) -> None:
+            gate.revoked(ended.session_id)
+            streams.publish(ended)
+
+        feed = RevocationFeed(client, keys.channel, heard, on_reset=streams.end_all)
         gate.feed = feed
         app[FEED] = feed
-        app[SERVICE] = AuthService(
+        app[THROTTLE] = throttle = Throttle(
+            ThrottleStore(scripts, shift_ms),
+            keys,
+            failure_limit=s.login_failure_limit,
+            failure_window=s.login_failure_window,
+            ip_limit=s.ip_rate_limit,
+            ip_window=s.ip_rate_window,
+        )
+        access = AccessTokens(
+            app[KEYRING], issuer=s.jwt_issuer, audience=s.jwt_audience, ttl=s.access_token_ttl
+        )
+        refresh = RefreshTokens(app[KEYRING])
+        policy = Policy(s.session_limit, s.session_idle_ttl, s.session_max_ttl, s.refresh_grace)
+        app[SERVICE] = service = AuthService(
             accounts=AccountStore(client, keys, scripts, shift_ms),
             sessions=sessions,
             hasher=app[HASHER],
-            throttle=Throttle(
-                ThrottleStore(scripts, shift_ms),
-                keys,
-                failure_limit=s.login_failure_limit,
-                failure_window=s.login_failure_window,
-                ip_limit=s.ip_rate_limit,
-                ip_window=s.ip_rate_window,
-            ),
-            access=AccessTokens(
-                app[KEYRING], issuer=s.jwt_issuer, audience=s.jwt_audience, ttl=s.access_token_ttl
-            ),
-            refresh=RefreshTokens(app[KEYRING]),
+            throttle=throttle,
+            access=access,
+            refresh=refresh,
             gate=gate,
-            policy=Policy(s.session_limit, s.session_idle_ttl, s.session_max_ttl, s.refresh_grace),
+            policy=policy,
             clock=clock,
             metrics=app[METRICS],
+        )
+        app[INSPECTOR] = TokenInspector(
+            service=service,
+            access=access,
+            refresh=refresh,
+            sessions=sessions,
+            gate=gate,
+            policy=policy,
         )
         task = asyncio.create_task(feed.run(), name="authsvc.revocation_feed")
         pruner = asyncio.create_task(_prune(gate, s.access_token_ttl), name="authsvc.gate_pruner")

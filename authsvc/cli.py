@@ -16,7 +16,8 @@ from types import FrameType
 from aiohttp import web
 
 from authsvc import logs
-from authsvc.app import HANDLER_ARGS, create_app, load_keyring
+from authsvc.app import HANDLER_ARGS, create_app, load_clients, load_keyring
+from authsvc.domain.clients import SCOPES, ClientsFileError, add_client, remove_client
 from authsvc.domain.keys import ALGORITHMS, KeySetError, generate_jwks, write_private_jwks
 from authsvc.settings import Settings, SettingsError, load_settings, risky
 
@@ -39,11 +40,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     generate = key_commands.add_parser("generate", help="write a new private JWK Set")
     generate.add_argument("--alg", choices=ALGORITHMS, default="ES256")
     generate.add_argument("--out", type=Path, required=True)
+    clients = commands.add_parser("clients", help="service clients (resource servers, gateways)")
+    client_commands = clients.add_subparsers(dest="clients_command", required=True)
+    add = client_commands.add_parser("add", help="add a client; prints its secret once")
+    add.add_argument("name")
+    add.add_argument("--scope", action="append", required=True, choices=SCOPES)
+    add.add_argument("--file", type=Path, required=True)
+    remove = client_commands.add_parser("remove", help="remove a client")
+    remove.add_argument("name")
+    remove.add_argument("--file", type=Path, required=True)
     args = parser.parse_args(argv)
 
     if args.command == "keys":
         return _generate_keys(args.alg, args.out)
+    if args.command == "clients":
+        return _clients(args.clients_command, args.name, args.file, getattr(args, "scope", []))
     return _serve(args.host, args.port, args.workers, args.config)
+
+
+def _clients(command: str, name: str, path: Path, scopes: list[str]) -> int:
+    try:
+        if command == "add":
+            secret = add_client(path, name, scopes)
+            print(f"added client {name!r} to {path} with scopes {', '.join(sorted(set(scopes)))}")
+            print("its secret, shown this once (authsvc keeps only a hash):")
+            print(secret)
+        else:
+            remove_client(path, name)
+            print(f"removed client {name!r} from {path}")
+    except ClientsFileError as exc:
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _generate_keys(alg: str, out: Path) -> int:
@@ -67,7 +95,8 @@ def _serve(host: str, port: int, workers: int, config: Path | None) -> int:
             )
         logs.configure(settings.log_level, settings.log_format)
         load_keyring(settings)  # fail now, and create the host's key set before forking
-    except (SettingsError, KeySetError) as exc:
+        load_clients(settings)
+    except (SettingsError, KeySetError, ClientsFileError) as exc:
         print(f"authsvc: configuration error: {exc}", file=sys.stderr)
         return 2
     for warning in risky(settings):

@@ -39,6 +39,7 @@ class Settings:
     ip_rate_limit: int = 300
     ip_rate_window: int = 60
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    clients_file: Path | None = None
     log_level: str = "info"
     log_format: str = "json"
 

@@ -22,6 +22,7 @@ from authsvc.domain.gate import SessionGate
 from authsvc.settings import Settings
 from authsvc.store.client import Client, connect
 from authsvc.store.revocations import Revocation, RevocationFeed, parse
+from authsvc.store.sessions import LiveSession
 from authsvc.web.context import FEED, SERVICE
 from tests.conftest import Backend, ClientFactory
 from tests.helpers import bearer, login, me_status, signup
@@ -202,6 +203,9 @@ async def test_a_feed_whose_handler_fails_fails_closed_and_resubscribes(
         assert not task.done()
 
 
+LIVE = LiveSession("gate@example.com", 0, 0, 0, 0)
+
+
 async def test_a_message_in_an_unknown_format_makes_the_gate_forget_every_session(
     redis_backend: Backend,
 ) -> None:
@@ -209,9 +213,9 @@ async def test_a_message_in_an_unknown_format_makes_the_gate_forget_every_sessio
     received: list[Revocation] = []
     probes: list[str] = []
 
-    async def probe(user_id: str, session_id: str) -> str | None:
+    async def probe(user_id: str, session_id: str) -> LiveSession | None:
         probes.append(session_id)
-        return "gate@example.com"
+        return LIVE
 
     gate = SessionGate(probe, Clock(), recheck_after=60.0)
 
@@ -249,9 +253,9 @@ async def test_a_failed_delivery_is_distrusted_before_anything_else_runs(
     probes: list[str] = []
     failed: list[Revocation] = []
 
-    async def probe(user_id: str, session_id: str) -> str | None:
+    async def probe(user_id: str, session_id: str) -> LiveSession | None:
         probes.append(session_id)
-        return "gate@example.com"
+        return LIVE
 
     gate = SessionGate(probe, Clock(), recheck_after=60.0)
 

@@ -22,7 +22,8 @@ def test_defaults_match_the_contract() -> None:
     assert (s.login_failure_limit, s.login_failure_window) == (10, 900)
     assert (s.ip_rate_limit, s.ip_rate_window) == (300, 60)
     assert s.data_dir == Path(".authsvc")
-    assert len(ENV_VARS) == 21
+    assert len(ENV_VARS) == 22
+    assert s.clients_file is None
 
 
 def test_environment_overrides_and_converts() -> None:

@@ -44,6 +44,18 @@ class InvalidToken(AuthError):
         self.presented = presented
 
 
+class InvalidClient(AuthError):
+    """Service-client credentials are missing or wrong (HTTP Basic)."""
+
+    status, code, default = 401, "invalid_client", "client authentication failed"
+
+
+class InsufficientScope(AuthError):
+    """The client may not use this endpoint."""
+
+    status, code, default = 403, "insufficient_scope", "the client lacks the scope for this"
+
+
 class NotFound(AuthError):
     """No such route or session."""
 

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from authsvc.domain.clock import Clock
 from authsvc.domain.errors import InvalidToken
+from authsvc.store.sessions import LiveSession
 
 LIVE_CACHE_SIZE = 100_000
 
@@ -39,7 +40,7 @@ class SessionGate:
 
     def __init__(
         self,
-        probe: Callable[[str, str], Awaitable[str | None]],
+        probe: Callable[[str, str], Awaitable[LiveSession | None]],
         clock: Clock,
         *,
         recheck_after: float,
@@ -78,12 +79,13 @@ class SessionGate:
         ):
             return live.email
         epoch = feed.epoch if feed is not None else -1
-        email = await self._probe(user_id, session_id)
-        if email is None:
+        found = await self._probe(user_id, session_id)
+        if found is None:
             self.revoked(session_id)
             raise InvalidToken("session ended")
         if session_id in self._revoked:  # revoked while the probe was in flight
             raise InvalidToken("session ended")
+        email = found.email
         if feed is not None and feed.healthy and feed.epoch == epoch:
             self._live[session_id] = _Live(email, epoch, now)
             self._live.move_to_end(session_id)

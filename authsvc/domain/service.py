@@ -216,15 +216,15 @@ class AuthService:
 
     async def logout(self, principal: Principal) -> None:
         """End the caller's session."""
-        await self._end(principal.user_id, "logout", only=principal.session_id)
+        await self.end_sessions(principal.user_id, "logout", only=principal.session_id)
 
     async def logout_all(self, principal: Principal) -> None:
         """End every session of the caller."""
-        await self._end(principal.user_id, "logout_all")
+        await self.end_sessions(principal.user_id, "logout_all")
 
     async def end_session(self, principal: Principal, session_id: str) -> None:
         """End one of the caller's sessions; NotFound if it is not theirs."""
-        if not is_id(session_id) or not await self._end(
+        if not is_id(session_id) or not await self.end_sessions(
             principal.user_id, "revoked", only=session_id
         ):
             raise NotFound("no such session")
@@ -286,9 +286,14 @@ class AuthService:
             await self._accounts.rehash(account, await self._hasher.hash(password))
         return account
 
-    async def _end(
+    def now(self) -> float:
+        """This process's time, as tokens are checked against it."""
+        return self._clock()
+
+    async def end_sessions(
         self, user_id: str, reason: str, *, only: str | None = None, keep: str = ""
     ) -> int:
+        """End one session of the user (`only`) or all but `keep`; returns how many ended."""
         ended = await self._sessions.revoke(user_id, reason, only=only, keep=keep)
         for session_id in ended:
             self._gate.revoked(session_id)

@@ -54,6 +54,30 @@ class Throttle:
         if wait_ms:
             raise RateLimited(retry_after=_seconds(wait_ms))
 
+    async def check_client_address(self, ip: str) -> None:
+        """RateLimited while `ip` has used up its failed client authentications."""
+        key = self._keys.ip_client_failures(address_bucket(ip))
+        wait_ms = await self._store.peek(key, self._failure_limit, self._failure_window_ms)
+        if wait_ms:
+            raise RateLimited(retry_after=_seconds(wait_ms))
+
+    async def count_client_failure(self, name: str, ip: str) -> None:
+        """Count a failed client authentication for its name and address; RateLimited once
+        either has used up its window (the caller answers 429 instead of 401).
+
+        A right secret is refused only for its address, never for its name: anyone can send
+        wrong secrets under a gateway's name, and a name lock-out would lock the gateway out.
+        Secrets are 256 random bits, so the count bounds noise, not guessing."""
+        waits = [
+            await self._store.hit(key, self._failure_limit, self._failure_window_ms)
+            for key in (
+                self._keys.client_failures(name),
+                self._keys.ip_client_failures(address_bucket(ip)),
+            )
+        ]
+        if any(waits):
+            raise RateLimited(retry_after=_seconds(max(waits)))
+
     @contextlib.asynccontextmanager
     async def password_check(self, email: str) -> AsyncIterator[Verdict]:
         """Around one password check of `email` (registered or not): RateLimited when its

@@ -40,6 +40,8 @@ class AccessClaims:
     user_id: str
     session_id: str
     expires_at: int
+    issued_at: int
+    token_id: str
 
 
 class AccessTokens:
@@ -47,8 +49,8 @@ class AccessTokens:
 
     def __init__(self, keys: KeyRing, *, issuer: str, audience: str, ttl: int) -> None:
         self._keys = keys
-        self._issuer = issuer
-        self._audience = audience
+        self.issuer = self._issuer = issuer
+        self.audience = self._audience = audience
         self._ttl = ttl
         # Signing, the JWS way but without PyJWT's generic per-call work: the header segment
         # is the same for every token of a key, and msgspec encodes the claims.
@@ -115,14 +117,14 @@ class AccessTokens:
             )
         except jwt.PyJWTError:
             raise InvalidToken("invalid token") from None
-        sub, sid, iat, exp = payload["sub"], payload["sid"], payload["iat"], payload["exp"]
+        sub, sid, iat, exp, jti = (payload[c] for c in ("sub", "sid", "iat", "exp", "jti"))
         if not (isinstance(sub, str) and isinstance(sid, str) and _ID.fullmatch(sid)):
             raise InvalidToken("invalid token")
-        if not (isinstance(iat, int) and isinstance(exp, int)) or exp - iat > self._ttl:
+        if not (_is_int(iat) and _is_int(exp) and isinstance(jti, str)) or exp - iat > self._ttl:
             raise InvalidToken("invalid token lifetime")
         if iat > now + 60:
             raise InvalidToken("token issued in the future")
-        return AccessClaims(sub, sid, exp)
+        return AccessClaims(sub, sid, exp, iat, jti)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -168,6 +170,10 @@ class RefreshTokens:
 
 
 _json = msgspec.json.Encoder().encode
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _b64(data: bytes) -> bytes:

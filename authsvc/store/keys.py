@@ -39,11 +39,20 @@ class Keys:
         """Throttle counter of password checks for an email (registered or not)."""
         return f"{self.prefix}:{{e:{_digest(email)}}}:fails"
 
+    def client_failures(self, name: str) -> str:
+        """Throttle counter of failed authentications under a client name (any name a
+        request gives: digested)."""
+        return f"{self.prefix}:{{c:{_digest(name)}}}:fails"
+
+    def ip_client_failures(self, ip: str) -> str:
+        """Throttle counter of failed client authentications from one address (or /64)."""
+        return f"{self.prefix}:{{ip:{ip}}}:client-fails"
+
     def ip_attempts(self, ip: str) -> str:
         """Throttle counter of login and signup attempts from one client address (or /64)."""
         return f"{self.prefix}:{{ip:{ip}}}:attempts"
 
 
-def _digest(email: str) -> str:
+def _digest(text: str) -> str:
     # Keeps addresses out of key names (and MONITOR output) and bounds key length.
-    return hashlib.sha256(email.encode()).hexdigest()[:32]
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]

@@ -48,11 +48,13 @@ class RevocationFeed:
         channel: str,
         on_revoke: Callable[[Revocation], None],
         *,
+        on_reset: Callable[[], None] | None = None,
         start: int | None = None,
     ) -> None:
         self._client = client
         self._channel = channel
         self._on_revoke = on_revoke
+        self._on_reset = on_reset  # called whenever messages may have been missed
         # On a cluster, the node to subscribe on first (an index into the nodes sorted by
         # name); by default a random one, which spreads instances over the nodes.
         self._attempts = secrets.randbelow(1 << 16) if start is None else start
@@ -129,18 +131,23 @@ class RevocationFeed:
         finally:
             # Distrusted before anything else runs: closing the connection awaits, and
             # meanwhile the gate must not admit from what this subscription taught it.
-            self._subscribed = False
-            self.epoch += 1
+            self._reset()
             try:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             finally:
                 await client.aclose()
 
+    def _reset(self, *, subscribed: bool = False) -> None:
+        was, self._subscribed = self._subscribed, subscribed
+        self.epoch += 1
+        if was and self._on_reset is not None:
+            self._on_reset()
+
     def _deliver(self, payload: str) -> None:
         revocation = parse(payload)
         if revocation is None:
             log.warning("revocation message in an unknown format: forgetting every session")
-            self.epoch += 1
+            self._reset(subscribed=True)
             return
         self._on_revoke(revocation)
 
@@ -148,3 +155,44 @@ class RevocationFeed:
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+class RevocationStreams:
+    """The feed's revocations, fanned out to the open revocation streams of this process.
+
+    Each stream gets a bounded queue; a stream that falls behind, and every stream whenever
+    the feed may have missed messages, is ended (None in its queue): its client reconnects
+    and treats what it learnt before as stale, which is how it learns that something was
+    missed."""
+
+    QUEUE_SIZE = 10_000
+
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[Revocation | None]] = set()
+
+    def open(self) -> asyncio.Queue[Revocation | None]:
+        """A new stream's queue; `close` it when the stream ends."""
+        queue: asyncio.Queue[Revocation | None] = asyncio.Queue(self.QUEUE_SIZE + 1)
+        self._queues.add(queue)
+        return queue
+
+    def close(self, queue: asyncio.Queue[Revocation | None]) -> None:
+        """Forget a stream's queue."""
+        self._queues.discard(queue)
+
+    def publish(self, revocation: Revocation) -> None:
+        """Hand a revocation to every stream."""
+        for queue in list(self._queues):
+            if queue.qsize() >= self.QUEUE_SIZE:
+                self._end(queue)
+            else:
+                queue.put_nowait(revocation)
+
+    def end_all(self) -> None:
+        """End every stream (messages may have been missed, or the process is stopping)."""
+        for queue in list(self._queues):
+            self._end(queue)
+
+    def _end(self, queue: asyncio.Queue[Revocation | None]) -> None:
+        self._queues.discard(queue)
+        queue.put_nowait(None)  # the queue keeps one place free for this

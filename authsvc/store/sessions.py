@@ -39,6 +39,17 @@ class NewSession:
     evicted: list[str]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class LiveSession:
+    """A live session as `probe` finds it (times: Redis's, ms)."""
+
+    email: str
+    created_ms: int
+    last_used_ms: int
+    generation: int
+    now_ms: int
+
+
 class Rotation(enum.Enum):
     """How a refresh attempt ended."""
 
@@ -168,9 +179,9 @@ class SessionStore:
         ]
         return int(flat[0]), rows
 
-    async def probe(self, user_id: str, session_id: str) -> str | None:
-        """The user's email if the session is live, else None."""
-        email = await self._scripts.probe_session(
+    async def probe(self, user_id: str, session_id: str) -> LiveSession | None:
+        """The session if it is live, else None. Read-only."""
+        reply = await self._scripts.probe_session(
             keys=[
                 self._keys.session(user_id, session_id),
                 self._keys.user(user_id),
@@ -178,7 +189,9 @@ class SessionStore:
             ],
             args=[self._times.idle_ms, self._times.max_ms, self._shift_ms(), session_id],
         )
-        return str(email) if email else None
+        if not reply:
+            return None
+        return LiveSession(str(reply[0]), *(int(value) for value in reply[1:5]))
 
     async def ping(self) -> bool:
         """True when storage answers."""

@@ -20,6 +20,10 @@ class ThrottleStore:
         """Count one attempt: 0, or the milliseconds until the full window ends."""
         return await self._call(key, limit, window_ms, "hit", "")
 
+    async def peek(self, key: str, limit: int, window_ms: int) -> int:
+        """0 while the window has room, else the milliseconds until it ends."""
+        return await self._call(key, limit, window_ms, "peek", "")
+
     async def take(self, key: str, limit: int, window_ms: int, check: str) -> int:
         """Start password check `check` (an id unique to it): 0, BUSY, or the milliseconds
         until the window ends."""

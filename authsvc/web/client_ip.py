@@ -5,7 +5,20 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
+from aiohttp import web
+
+from authsvc.web.context import SETTINGS
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def request_ip(request: web.Request) -> str:
+    """The address of the client behind `request` (see client_ip)."""
+    return client_ip(
+        request.remote,
+        request.headers.getall("X-Forwarded-For", ()),
+        request.app[SETTINGS].trusted_proxies,
+    )
 
 
 def client_ip(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[Network]) -> str:

@@ -11,21 +11,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from authsvc.domain.errors import InvalidToken, Unavailable
 from authsvc.domain.service import Principal, TokenSet
 from authsvc.domain.tokens import MAX_ACCESS_TOKEN_LENGTH
-from authsvc.web.client_ip import client_ip
-from authsvc.web.context import KEYRING, METRICS, SERVICE, SETTINGS
+from authsvc.web.client_ip import request_ip
+from authsvc.web.context import KEYRING, METRICS, SERVICE
 from authsvc.web.responses import json_response
 from authsvc.web.schemas import Credentials, PasswordChange, RefreshRequest, read_body
 
 routes = web.RouteTableDef()
 _OPENAPI = resources.files("authsvc.web").joinpath("openapi.json").read_bytes()
-
-
-def _ip(request: web.Request) -> str:
-    return client_ip(
-        request.remote,
-        request.headers.getall("X-Forwarded-For", ()),
-        request.app[SETTINGS].trusted_proxies,
-    )
 
 
 async def _principal(request: web.Request) -> Principal:
@@ -61,7 +53,9 @@ def _rfc3339(seconds: float) -> str:
 @routes.post("/v1/auth/signup")
 async def signup(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials)
-    user_id, email = await request.app[SERVICE].signup(body.email, body.password, _ip(request))
+    user_id, email = await request.app[SERVICE].signup(
+        body.email, body.password, request_ip(request)
+    )
     return json_response({"user_id": user_id, "email": email}, status=201)
 
 
@@ -71,7 +65,7 @@ async def login(request: web.Request) -> web.Response:
     tokens = await request.app[SERVICE].login(
         body.email,
         body.password,
-        ip=_ip(request),
+        ip=request_ip(request),
         user_agent=request.headers.get("User-Agent", ""),
     )
     return _tokens(tokens)

@@ -56,8 +56,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id})
         response = error_response(AuthError())
-    response.headers["X-Request-Id"] = request_id
-    response.headers["Server"] = "authsvc"  # not aiohttp's, which names its and Python's versions
+    if not response.prepared:  # a stream has sent its headers (see oauth.revocations)
+        response.headers["X-Request-Id"] = request_id
+        # Not aiohttp's, which names its own and Python's versions.
+        response.headers["Server"] = "authsvc"
     elapsed = time.perf_counter() - started
     metrics.http.observe(route, response.status, elapsed)
     access_log = request.app[ACCESS_LOG]

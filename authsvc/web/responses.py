@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from authsvc.domain.errors import AuthError, InvalidToken, MethodNotAllowed
+from authsvc.domain.errors import AuthError, InvalidClient, InvalidToken, MethodNotAllowed
 
 _encode = msgspec.json.Encoder().encode
 
@@ -29,6 +29,8 @@ def error_response(error: AuthError) -> web.Response:
         if error.presented:
             challenge += f', error="invalid_token", error_description="{error.description}"'
         response.headers["WWW-Authenticate"] = challenge
+    if isinstance(error, InvalidClient):
+        response.headers["WWW-Authenticate"] = 'Basic realm="authsvc"'
     if isinstance(error, MethodNotAllowed):
         response.headers["Allow"] = error.allowed
     return response

@@ -55,3 +55,22 @@ async def read_body(request: web.Request, kind: type[_Body]) -> _Body:
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise InvalidRequest("body is not valid JSON") from None
     return body
+
+
+async def read_token_form(request: web.Request) -> str:
+    """The `token` of an RFC 7662 / 7009 form body: 413 first, then 400 for anything that is
+    not one form-encoded `token` (`token_type_hint` may come along; it is only a hint)."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise PayloadTooLarge()
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise InvalidRequest("body must be application/x-www-form-urlencoded")
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge() from None
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("body is not a valid form") from None
+    tokens = form.getall("token", [])
+    if len(tokens) != 1 or not isinstance(tokens[0], str) or not tokens[0]:
+        raise InvalidRequest("exactly one token parameter is required")
+    return tokens[0]

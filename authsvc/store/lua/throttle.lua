@@ -7,7 +7,8 @@
 --            take  start a password check: counted now, before it runs, and in flight
 --            pass  a check that did not fail (right password, or never ran): uncounted
 --            fail  a check that failed: it stays counted
--- Returns  for hit and take: 0 when counted; the milliseconds until the window ends when
+--            peek  count nothing: is the limit used up?
+-- Returns  for hit and take: 0 when counted (peek: when there is room); the milliseconds until the window ends when
 --          the limit is used up by failures; -1 (take only) when it is used up by checks
 --          still in flight, which may yet pass: the caller waits and takes again.
 --          0 for pass and fail.
@@ -44,6 +45,9 @@ if counted >= limit then
     return -1
   end
   return start + window - now
+end
+if op == 'peek' then
+  return 0
 end
 if op == 'take' then
   redis.call('HSET', key, 'n', counted + 1, 'p', pending + 1, 't', start, check, 1)

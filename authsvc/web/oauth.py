@@ -1,0 +1,53 @@
+"""The endpoints for resource servers and gateways: token introspection (RFC 7662), token
+revocation (RFC 7009) and the revocation stream (Server-Sent Events)."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from authsvc.domain.errors import Unavailable
+from authsvc.web.client_auth import require_client
+from authsvc.web.context import FEED, INSPECTOR, STREAMS
+from authsvc.web.responses import json_response
+from authsvc.web.schemas import read_token_form
+
+routes = web.RouteTableDef()
+HEARTBEAT = 2.0  # seconds between comment lines on an idle stream (the contract: at most 15)
+_encode = msgspec.json.Encoder().encode
+
+
+@routes.post("/v1/auth/introspect")
+async def introspect(request: web.Request) -> web.Response:
+    await require_client(request, "introspect")
+    token = await read_token_form(request)
+    response = json_response(await request.app[INSPECTOR].introspect(token))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@routes.post("/v1/auth/revoke")
+async def revoke(request: web.Request) -> web.Response:
+    await request.app[INSPECTOR].revoke(await read_token_form(request))
+    return web.Response(status=200)
+
+
+@routes.get("/v1/revocations")
+async def revocations(request: web.Request) -> web.StreamResponse:
+    await require_client(request, "revocations")
+    streams, feed = request.app[STREAMS], request.app[FEED]
+    queue = streams.open()  # before `ready`: nothing that ends after it is missed
+    try:
+        if not feed.healthy:  # what ends now might not reach us
+            raise Unavailable("revocations are not being heard", retry_after=1)
+        async with sse_response(
+            request, ping_interval=HEARTBEAT, headers={"Cache-Control": "no-store"}
+        ) as stream:
+            await stream.send("{}", event="ready")
+            while (ended := await queue.get()) is not None:
+                data = {"sid": ended.session_id, "sub": ended.user_id, "reason": ended.reason}
+                await stream.send(_encode(data).decode(), event="revoked")
+        return stream
+    finally:
+        streams.close(queue)
