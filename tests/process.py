@@ -1,4 +1,5 @@
-"""Run `authsvc serve` as a real process, the way users and deployment scripts do."""
+"""Run `authsvc serve` (or an example backend) as a real process, the way users and
+deployment scripts do."""
 
 from __future__ import annotations
 
@@ -13,19 +14,25 @@ from pathlib import Path
 
 from tests.conftest import free_port
 
+SERVE = ("-m", "authsvc", "serve")
+
 
 class Service:
-    """An `authsvc serve` process on a free loopback port."""
+    """An `authsvc serve` process (or another `program` that takes --port and answers
+    /healthz) on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], *args: str, log: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], *args: str, log: Path, program: tuple[str, ...] = SERVE
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self.name = " ".join(program)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
         full_env.update(env)
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "authsvc", "serve", "--port", str(self.port), *args],
+                [sys.executable, *program, "--port", str(self.port), *args],
                 env=full_env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -36,7 +43,7 @@ class Service:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"authsvc exited early:\n{self.log.read_text()}")
+                raise AssertionError(f"{self.name} exited early:\n{self.log.read_text()}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
                     if response.status == 200:
