@@ -20,10 +20,12 @@ MAX_CREDENTIALS = 1024  # characters of the Basic credentials; longer is not a c
 async def require_client(request: web.Request, scope: str) -> ServiceClient:
     """The authenticated client, which must hold `scope`; InvalidClient (401),
     InsufficientScope (403) or RateLimited (429) otherwise."""
+    name, secret = _credentials(request)
+    if not name:  # no credentials to check: nothing to throttle either
+        raise InvalidClient("HTTP Basic client credentials required")
     throttle, ip = request.app[THROTTLE], request_ip(request)
     await throttle.check_client_address(ip)
-    name, secret = _credentials(request)
-    client = request.app[CLIENTS].authenticate(name, secret) if name else None
+    client = request.app[CLIENTS].authenticate(name, secret)
     if client is None:
         await throttle.count_client_failure(name, ip)
         raise InvalidClient()
