@@ -149,11 +149,20 @@ def start_authsvc(
     return proc
 
 
-def start_baseline(name: str, script: str, *, core: int, workdir: Path, args: list[str]) -> Proc:
-    """One of the baseline apps in bench/ (`--port P` plus `args`)."""
+def start_baseline(
+    name: str,
+    script: str,
+    *,
+    core: int,
+    workdir: Path,
+    args: list[str],
+    extra_env: dict[str, str] | None = None,
+) -> Proc:
+    """One of the apps in bench/ (`--port P` plus `args`), with `extra_env` set."""
     port = free_port()
     argv = [sys.executable, str(BENCH_DIR / script), "--port", str(port), *args]
-    proc = spawn(name, argv, core=core, port=port, log=workdir / f"{name}.log", env=None)
+    env = None if extra_env is None else {**os.environ, **extra_env}
+    proc = spawn(name, argv, core=core, port=port, log=workdir / f"{name}.log", env=env)
     _ready_or_stop(proc, lambda: wait_http(proc, "/healthz"))
     return proc
 
