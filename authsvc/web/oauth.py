@@ -41,9 +41,7 @@ async def revocations(request: web.Request) -> web.StreamResponse:
     try:
         if not feed.healthy:  # what ends now might not reach us
             raise Unavailable("revocations are not being heard", retry_after=1)
-        async with sse_response(
-            request, ping_interval=HEARTBEAT, headers={"Cache-Control": "no-store"}
-        ) as stream:
+        async with sse_response(request, ping_interval=HEARTBEAT) as stream:
             await stream.send("{}", event="ready")
             while (ended := await queue.get()) is not None:
                 data = {"sid": ended.session_id, "sub": ended.user_id, "reason": ended.reason}

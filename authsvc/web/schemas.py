@@ -71,6 +71,6 @@ async def read_token_form(request: web.Request) -> str:
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("body is not a valid form") from None
     tokens = form.getall("token", [])
-    if len(tokens) != 1 or not isinstance(tokens[0], str) or not tokens[0]:
+    if len(tokens) != 1 or not isinstance(tokens[0], str):
         raise InvalidRequest("exactly one token parameter is required")
-    return tokens[0]
+    return tokens[0]  # an empty one is a token too: inactive (RFC 7662), nothing to revoke
