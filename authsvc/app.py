@@ -178,7 +178,7 @@ def _service(clock: Clock):  # type: ignore[no-untyped-def]
         streams = app[STREAMS]
 
         def heard(ended: Revocation) -> None:
-            gate.revoked(ended.session_id)
+            gate.revoked(ended.session_id, ended.reason)
             streams.publish(ended)
 
         feed = RevocationFeed(client, keys.channel, heard, on_reset=streams.end_all)
@@ -196,7 +196,13 @@ def _service(clock: Clock):  # type: ignore[no-untyped-def]
             app[KEYRING], issuer=s.jwt_issuer, audience=s.jwt_audience, ttl=s.access_token_ttl
         )
         refresh = RefreshTokens(app[KEYRING])
-        policy = Policy(s.session_limit, s.session_idle_ttl, s.session_max_ttl, s.refresh_grace)
+        policy = Policy(
+            s.session_limit,
+            s.session_idle_ttl,
+            s.session_max_ttl,
+            s.refresh_grace,
+            s.session_limit_policy,
+        )
         app[SERVICE] = service = AuthService(
             accounts=AccountStore(client, keys, scripts, shift_ms),
             sessions=sessions,

@@ -24,6 +24,7 @@ class Settings:
     redis_cluster: bool = False
     key_prefix: str = "authsvc"
     session_limit: int = 5
+    session_limit_policy: str = "evict"
     access_token_ttl: int = 900
     session_idle_ttl: int = 1_209_600
     session_max_ttl: int = 2_592_000
@@ -65,6 +66,7 @@ _BOUNDS: dict[str, tuple[int, int]] = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": ("debug", "info", "warning", "error"),
     "log_format": ("json", "text"),
+    "session_limit_policy": ("evict", "deny"),
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 ENV_VARS = frozenset(PREFIX + name.upper() for name in _FIELDS)

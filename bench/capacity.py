@@ -170,6 +170,7 @@ async def run(plan: Plan, port: int) -> None:
                         session_id=sid,
                         password_version="0",  # noqa: S106 (a version, not a password)
                         limit=plan.sessions_per_user,
+                        policy="evict",
                         user_agent=ua,
                         ip=ip,
                     )

@@ -165,6 +165,7 @@ async def test_revocation_from_a_script_on_one_master_reaches_subscribers_on_eve
         owner = _owner(cluster3, keys.session_index("alice"))
         await store_client.hset(keys.user("alice"), mapping={"email": "a@example.com", "pv": 0})
         args: dict[str, Any] = {"password_version": "0", "user_agent": "t", "ip": "127.0.0.1"}
+        args["policy"] = "evict"
         await store.create(user_id="alice", session_id="s1", limit=5, **args)
         await store.create(user_id="alice", session_id="s2", limit=1, **args)
         assert await store.revoke("alice", "logout", only="s2") == ["s2"]

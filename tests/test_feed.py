@@ -22,7 +22,7 @@ from authsvc.domain.gate import SessionGate
 from authsvc.settings import Settings
 from authsvc.store.client import Client, connect
 from authsvc.store.revocations import Revocation, RevocationFeed, parse
-from authsvc.store.sessions import LiveSession
+from authsvc.store.sessions import Ended, LiveSession
 from authsvc.web.context import FEED, SERVICE
 from tests.conftest import Backend, ClientFactory
 from tests.helpers import bearer, login, me_status, signup
@@ -213,7 +213,7 @@ async def test_a_message_in_an_unknown_format_makes_the_gate_forget_every_sessio
     received: list[Revocation] = []
     probes: list[str] = []
 
-    async def probe(user_id: str, session_id: str) -> LiveSession | None:
+    async def probe(user_id: str, session_id: str) -> LiveSession | Ended:
         probes.append(session_id)
         return LIVE
 
@@ -221,7 +221,7 @@ async def test_a_message_in_an_unknown_format_makes_the_gate_forget_every_sessio
 
     def on_revoke(ended: Revocation) -> None:
         received.append(ended)
-        gate.revoked(ended.session_id)
+        gate.revoked(ended.session_id, ended.reason)
 
     async with _running(redis_backend, channel, on_revoke) as (feed, client, _task):
         gate.feed = feed
@@ -253,7 +253,7 @@ async def test_a_failed_delivery_is_distrusted_before_anything_else_runs(
     probes: list[str] = []
     failed: list[Revocation] = []
 
-    async def probe(user_id: str, session_id: str) -> LiveSession | None:
+    async def probe(user_id: str, session_id: str) -> LiveSession | Ended:
         probes.append(session_id)
         return LIVE
 

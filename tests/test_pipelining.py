@@ -55,6 +55,7 @@ async def _logged_in(store: SessionStore, client: BoundedRedis, user: str, sessi
             session_id=f"s{i}",
             password_version="0",
             limit=sessions,
+            policy="evict",
             user_agent="test",
             ip="127.0.0.1",
         )

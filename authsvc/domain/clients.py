@@ -7,7 +7,9 @@ introspection."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import hmac
 import json
@@ -15,7 +17,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +66,33 @@ class Clients:
         return cls(_parse(_read(path), path))
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the clients file's lock: two commands at once must not lose a change."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def add_client(path: Path, name: str, scopes: Iterable[str]) -> str:
     """Add a client to the file (created with mode 0600 if missing); returns its new secret,
     which is stored nowhere."""
+    with _locked(path):
+        return _add(path, name, scopes)
+
+
+def remove_client(path: Path, name: str) -> None:
+    """Remove a client from the file."""
+    with _locked(path):
+        document = _read(path)
+        _parse(document, path)
+        if document["clients"].pop(name, None) is None:
+            raise ClientsFileError(f"{path}: no client {name!r}")
+        _write(path, document)
+
+
+def _add(path: Path, name: str, scopes: Iterable[str]) -> str:
     if not NAME.fullmatch(name):
         raise ClientsFileError(f"client name {name!r}: use 1 to 64 of A-Z a-z 0-9 . _ -")
     wanted = sorted(set(scopes))
@@ -81,15 +107,6 @@ def add_client(path: Path, name: str, scopes: Iterable[str]) -> str:
     document["clients"][name] = {"scopes": wanted, "secret_hash": _digest(secret)}
     _write(path, document)
     return secret
-
-
-def remove_client(path: Path, name: str) -> None:
-    """Remove a client from the file."""
-    document = _read(path)
-    _parse(document, path)
-    if document["clients"].pop(name, None) is None:
-        raise ClientsFileError(f"{path}: no client {name!r}")
-    _write(path, document)
 
 
 def _digest(secret: str) -> str:
@@ -131,6 +148,8 @@ def _write(path: Path, document: Any) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(document, out, indent=2, sort_keys=True)
             out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:

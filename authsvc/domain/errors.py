@@ -33,15 +33,22 @@ class InvalidGrant(AuthError):
 
     status, code, default = 401, "invalid_grant", "invalid refresh token"
 
+    def __init__(self, description: str | None = None, *, reason: str = "") -> None:
+        super().__init__(description)
+        self.reason = reason  # why its session ended, when it did (contract 6)
+
 
 class InvalidToken(AuthError):
     """The Bearer token is missing or invalid."""
 
     status, code, default = 401, "invalid_token", "invalid access token"
 
-    def __init__(self, description: str | None = None, *, presented: bool = True) -> None:
+    def __init__(
+        self, description: str | None = None, *, presented: bool = True, reason: str = ""
+    ) -> None:
         super().__init__(description)
         self.presented = presented
+        self.reason = reason  # why its session ended, when it did (contract 6)
 
 
 class InvalidClient(AuthError):
@@ -54,6 +61,12 @@ class InsufficientScope(AuthError):
     """The client may not use this endpoint."""
 
     status, code, default = 403, "insufficient_scope", "the client lacks the scope for this"
+
+
+class SessionLimitReached(AuthError):
+    """Login at the session limit under the 'deny' policy."""
+
+    status, code, default = 409, "session_limit_reached", "the session limit is reached"
 
 
 class NotFound(AuthError):

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from authsvc.domain.clock import Clock
 from authsvc.domain.errors import InvalidToken
-from authsvc.store.sessions import LiveSession
+from authsvc.store.sessions import Ended, LiveSession
 
 LIVE_CACHE_SIZE = 100_000
 
@@ -40,7 +40,7 @@ class SessionGate:
 
     def __init__(
         self,
-        probe: Callable[[str, str], Awaitable[LiveSession | None]],
+        probe: Callable[[str, str], Awaitable[LiveSession | Ended]],
         clock: Clock,
         *,
         recheck_after: float,
@@ -49,24 +49,24 @@ class SessionGate:
         self._clock = clock
         self._recheck_after = recheck_after
         self._live: OrderedDict[str, _Live] = OrderedDict()
-        self._revoked: dict[str, float] = {}
+        self._revoked: dict[str, tuple[float, str]] = {}  # session id -> (until, reason)
         self.feed: Feed | None = None
 
-    def revoked(self, session_id: str) -> None:
-        """The feed says `session_id` ended (feed callback; also called locally)."""
+    def revoked(self, session_id: str, reason: str) -> None:
+        """The feed says `session_id` ended, and why (feed callback; also called locally)."""
         self._live.pop(session_id, None)
-        self._revoked[session_id] = self._clock() + self._recheck_after
+        self._revoked[session_id] = (self._clock() + self._recheck_after, reason)
 
     def forget_expired(self) -> None:
         """Drop revoked ids older than any token they could have issued."""
         now = self._clock()
-        for session_id in [s for s, until in self._revoked.items() if until <= now]:
+        for session_id in [s for s, (until, _) in self._revoked.items() if until <= now]:
             del self._revoked[session_id]
 
     async def admit(self, user_id: str, session_id: str) -> str:
         """The session's email if it is live; InvalidToken if it ended."""
         if session_id in self._revoked:
-            raise InvalidToken("session ended")
+            raise _ended(self._revoked[session_id][1])
         now = self._clock()
         feed = self.feed
         live = self._live.get(session_id)
@@ -80,11 +80,11 @@ class SessionGate:
             return live.email
         epoch = feed.epoch if feed is not None else -1
         found = await self._probe(user_id, session_id)
-        if found is None:
-            self.revoked(session_id)
-            raise InvalidToken("session ended")
+        if isinstance(found, Ended):
+            self.revoked(session_id, found.reason)
+            raise _ended(found.reason)
         if session_id in self._revoked:  # revoked while the probe was in flight
-            raise InvalidToken("session ended")
+            raise _ended(self._revoked[session_id][1])
         email = found.email
         if feed is not None and feed.healthy and feed.epoch == epoch:
             self._live[session_id] = _Live(email, epoch, now)
@@ -92,3 +92,7 @@ class SessionGate:
             if len(self._live) > LIVE_CACHE_SIZE:
                 self._live.popitem(last=False)
         return email
+
+
+def _ended(reason: str) -> InvalidToken:
+    return InvalidToken("session ended", reason=reason)

@@ -9,7 +9,7 @@ from authsvc.domain.errors import InvalidGrant, InvalidToken
 from authsvc.domain.gate import SessionGate
 from authsvc.domain.service import AuthService, Policy
 from authsvc.domain.tokens import AccessTokens, RefreshTokens
-from authsvc.store.sessions import SessionStore
+from authsvc.store.sessions import Ended, SessionStore
 
 INACTIVE: dict[str, Any] = {"active": False}
 
@@ -74,7 +74,7 @@ class TokenInspector:
         except InvalidGrant:
             return INACTIVE
         live = await self._sessions.probe(claims.user_id, claims.session_id)
-        if live is None:
+        if isinstance(live, Ended):
             return INACTIVE
         current = claims.generation == live.generation
         in_grace = (
@@ -87,6 +87,8 @@ class TokenInspector:
             live.last_used_ms + self._policy.idle_ttl * 1000,
             live.created_ms + self._policy.max_ttl * 1000,
         )
+        if in_grace:  # the old token is accepted only until the grace window closes
+            expires_ms = min(expires_ms, live.last_used_ms + self._policy.refresh_grace * 1000)
         return {
             "active": True,
             "token_type": "refresh_token",

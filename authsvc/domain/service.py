@@ -19,6 +19,7 @@ from authsvc.domain.errors import (
     InvalidRequest,
     NotFound,
     RateLimited,
+    SessionLimitReached,
 )
 from authsvc.domain.gate import SessionGate
 from authsvc.domain.passwords import Hasher, new_password, normalize_password
@@ -26,7 +27,7 @@ from authsvc.domain.throttle import Throttle
 from authsvc.domain.tokens import AccessClaims, AccessTokens, RefreshTokens, is_id, new_id
 from authsvc.metrics import Metrics
 from authsvc.store.accounts import AccountRecord, AccountStore
-from authsvc.store.sessions import Rotation, SessionRow, SessionStore
+from authsvc.store.sessions import Refused, Rotation, SessionRow, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Policy:
     idle_ttl: int
     max_ttl: int
     refresh_grace: int
+    limit_policy: str = "evict"  # or "deny"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,14 +154,18 @@ class AuthService:
             session_id=session_id,
             password_version=account.version,
             limit=self._policy.session_limit,
+            policy=self._policy.limit_policy,
             user_agent=_user_agent(user_agent),
             ip=ip,
         )
-        if created is None:  # the password changed (or the account went) after the check
+        if created is Refused.LIMIT_REACHED:
+            self._metrics.logins.labels("limit_reached").inc()
+            raise SessionLimitReached()
+        if created is Refused.STALE_PASSWORD:  # changed (or the account went) since the check
             self._metrics.logins.labels("failure").inc()
             raise InvalidCredentials()
         for victim in created.evicted:
-            self._gate.revoked(victim)
+            self._gate.revoked(victim, "evicted")
         self._metrics.evictions.inc(len(created.evicted))
         self._metrics.logins.labels("success").inc()
         log.info(
@@ -187,17 +193,17 @@ class AuthService:
             grace_ms=self._policy.refresh_grace * 1000,
         )
         if result.outcome is Rotation.REUSED:
-            self._gate.revoked(claims.session_id)
+            self._gate.revoked(claims.session_id, result.reason)
             self._metrics.refreshes.labels("reused").inc()
             self._metrics.reuse_detected.inc()
             log.warning(
                 "refresh token reuse: session revoked",
                 extra={"user_id": claims.user_id, "session_id": claims.session_id},
             )
-            raise InvalidGrant("refresh token reused; session revoked")
+            raise InvalidGrant("refresh token reused; session revoked", reason=result.reason)
         if result.outcome is Rotation.UNKNOWN:
             self._metrics.refreshes.labels("invalid").inc()
-            raise InvalidGrant("session expired or revoked")
+            raise InvalidGrant("session ended", reason=result.reason)
         self._metrics.refreshes.labels("success").inc()
         return self._tokens(
             claims.user_id,
@@ -244,7 +250,7 @@ class AuthService:
         if ended is None:  # changed by a concurrent request since the check
             raise InvalidCredentials("current password is wrong")
         for session_id in ended:
-            self._gate.revoked(session_id)
+            self._gate.revoked(session_id, "password_changed")
         self._metrics.logouts.labels("password_changed").inc(len(ended))
         log.info("password changed", extra={"user_id": principal.user_id, "ended": len(ended)})
 
@@ -296,7 +302,7 @@ class AuthService:
         """End one session of the user (`only`) or all but `keep`; returns how many ended."""
         ended = await self._sessions.revoke(user_id, reason, only=only, keep=keep)
         for session_id in ended:
-            self._gate.revoked(session_id)
+            self._gate.revoked(session_id, reason)
         self._metrics.logouts.labels(reason).inc(len(ended))
         log.info(
             "sessions ended", extra={"user_id": user_id, "reason": reason, "count": len(ended)}

@@ -23,7 +23,8 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 class AuthMiddleware:
     """Answer 401 (and 503 when it cannot be known) for every HTTP path but `public` unless
     the request carries a valid token; put its principal at `scope["state"]["principal"]`,
-    which Starlette shows as `request.state.principal`."""
+    which Starlette shows as `request.state.principal`. A WebSocket without a valid token is
+    closed before it is accepted (code 1008, policy violation)."""
 
     def __init__(self, app: App, *, verifier: Verifier, public: Collection[str] = ()) -> None:
         self.app = app
@@ -31,17 +32,20 @@ class AuthMiddleware:
         self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.public:
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or scope["path"] in self.public:
             await self.app(scope, receive, send)
             return
         headers = [v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"]
         try:
             principal = await self.verifier.verify(bearer_token(headers))
-        except (ValueError, InvalidToken) as exc:
-            await _answer(send, *error(401, "invalid_token", str(exc)))
-            return
-        except Unavailable as exc:
-            await _answer(send, *error(503, "unavailable", str(exc)))
+        except (ValueError, InvalidToken, Unavailable) as exc:
+            if kind == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            elif isinstance(exc, Unavailable):
+                await _answer(send, *error(503, "unavailable", str(exc)))
+            else:
+                await _answer(send, *error(401, "invalid_token", str(exc)))
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

@@ -58,7 +58,7 @@ class Verifier:
         issuer: str = "authsvc",
         leeway: float = 5.0,
         jwks_refetch_every: float = 5.0,
-        stream_silence: float = 6.0,
+        stream_silence: float = 2.5,
         timeout: float = 2.0,
     ) -> None:
         self._base = base_url.rstrip("/")
@@ -69,7 +69,8 @@ class Verifier:
         self._issuer = issuer
         self._leeway = leeway
         self._refetch_every = jwks_refetch_every  # at most one JWKS fetch this often
-        self._silence = stream_silence  # a stream quiet this long (no heartbeat) is dead
+        # A stream quiet this long is dead (authsvc sends a heartbeat every second).
+        self._silence = stream_silence
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._http: aiohttp.ClientSession | None = None
         self._keys: dict[str, tuple[str, Any]] = {}  # kid -> (alg, public key)
@@ -78,7 +79,9 @@ class Verifier:
         self._verified: dict[str, Principal] = {}  # token -> its principal (signature checked)
         self._live: dict[str, None] = {}  # sessions introspected since the stream's `ready`
         self._ended: dict[str, None] = {}  # sessions known to have ended
-        self._asking: dict[str, asyncio.Future[bool]] = {}  # introspections in flight, by session
+        # Introspections in flight, by session, with the stream epoch they were sent in.
+        self._asking: dict[str, tuple[asyncio.Future[bool], int]] = {}
+        self._keys_failed = True  # until a JWKS fetch succeeds
         self._epoch = 0  # counts stream connections: what `_live` was learnt under
         self._streaming = False  # True from `ready` until the stream is lost
         self._stream: asyncio.Task[None] | None = None
@@ -132,13 +135,13 @@ class Verifier:
             raise InvalidToken("session ended")
         if self._streaming and sid in self._live:
             return principal
-        epoch = self._epoch
-        if not await self._ask(sid, token):
+        active, epoch = await self._ask(sid, token)
+        if not active:
             _remember(self._ended, sid, None)
             raise InvalidToken("session ended")
         if sid in self._ended:  # ended while the introspection was in flight
             raise InvalidToken("session ended")
-        if self._streaming and self._epoch == epoch:
+        if self._streaming and self._epoch == epoch:  # nothing may have been missed since
             _remember(self._live, sid, None)
         return principal
 
@@ -157,6 +160,8 @@ class Verifier:
         if kid not in self._keys:  # a new signing key, perhaps
             await self._fetch_keys(rate_limited=True)
         if kid not in self._keys:
+            if self._keys_failed:  # perhaps a key of authsvc's that could not be fetched
+                raise Unavailable("authsvc's keys cannot be fetched")
             raise InvalidToken("unknown key")
         alg, key = self._keys[kid]
         try:
@@ -179,6 +184,8 @@ class Verifier:
     async def _fetch_keys(self, *, rate_limited: bool = False) -> None:
         """Fetch the JWKS; concurrent callers share one fetch."""
         if rate_limited and time.monotonic() - self._fetched_at < self._refetch_every:
+            if self._fetching is not None and not self._fetching.done():
+                await asyncio.shield(self._fetching)  # a fetch under way may bring the key
             return
         if self._fetching is None or self._fetching.done():
             self._fetched_at = time.monotonic()
@@ -192,11 +199,18 @@ class Verifier:
             ) as response:
                 response.raise_for_status()
                 document = await response.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            entries = document["keys"]
+            if not isinstance(entries, list):
+                raise TypeError("keys is not a list")
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
             log.warning("JWKS fetch failed: %r", exc)
+            self._keys_failed = True
             raise Unavailable("authsvc's keys cannot be fetched") from None
+        self._keys_failed = False
         keys = {}
-        for jwk in document.get("keys", []):
+        for jwk in entries:
+            if not isinstance(jwk, dict):
+                continue
             alg = jwk.get("alg")
             if alg not in _ALGORITHMS or not isinstance(jwk.get("kid"), str):
                 continue
@@ -204,14 +218,16 @@ class Verifier:
                 keys[jwk["kid"]] = (alg, jwt.PyJWK(jwk, algorithm=alg).key)
         self._keys = keys
 
-    async def _ask(self, sid: str, token: str) -> bool:
-        """Is the session live? One introspection at a time per session: a burst of requests
-        of a session just seen waits for the same answer."""
-        asking = self._asking.get(sid)
-        if asking is None:
-            asking = self._asking[sid] = asyncio.ensure_future(self._introspect(token))
-            asking.add_done_callback(lambda _: self._asking.pop(sid, None))
-        return await asyncio.shield(asking)
+    async def _ask(self, sid: str, token: str) -> tuple[bool, int]:
+        """Is the session live, and the stream epoch the question was sent in? One
+        introspection at a time per session: a burst of requests of a session just seen
+        waits for the same answer (and gets the epoch of when it was asked)."""
+        if sid not in self._asking:
+            sent: asyncio.Future[bool] = asyncio.ensure_future(self._introspect(token))
+            self._asking[sid] = (sent, self._epoch)
+            sent.add_done_callback(lambda _: self._asking.pop(sid, None))
+        asking, epoch = self._asking[sid]
+        return await asyncio.shield(asking), epoch
 
     async def _introspect(self, token: str) -> bool:
         try:
@@ -226,6 +242,8 @@ class Verifier:
                 answer = await response.json()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise Unavailable(f"introspection failed: {exc!r}") from None
+        if not isinstance(answer, dict):
+            raise Unavailable("introspection answered something else")
         return answer.get("active") is True
 
     async def _follow(self) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import secrets
 from collections.abc import Callable
+from typing import NamedTuple
 
 from authsvc.store.client import Client
 from authsvc.store.keys import Keys
@@ -50,6 +51,20 @@ class LiveSession:
     now_ms: int
 
 
+class Ended(NamedTuple):
+    """A session that is not live, and why it ended (its tombstone's reason; "expired" for
+    one without a tombstone: the token naming it was authentic, so it existed)."""
+
+    reason: str
+
+
+class Refused(enum.Enum):
+    """Why login stored no session."""
+
+    STALE_PASSWORD = 0  # the password changed since the login checked it, or the account went
+    LIMIT_REACHED = 2  # at the session limit under the 'deny' policy
+
+
 class Rotation(enum.Enum):
     """How a refresh attempt ended."""
 
@@ -67,6 +82,7 @@ class RotateResult:
     created_ms: int = 0
     last_used_ms: int = 0
     now_ms: int = 0
+    reason: str = ""  # UNKNOWN: why the session ended
 
 
 def call_id(*, short: bool = False) -> str:
@@ -100,11 +116,12 @@ class SessionStore:
         session_id: str,
         password_version: str,
         limit: int,
+        policy: str,
         user_agent: str,
         ip: str,
-    ) -> NewSession | None:
-        """Store a new session, evicting the least recently used beyond `limit`; None when
-        the password is no longer `password_version` (nothing written).
+    ) -> NewSession | Refused:
+        """Store a new session, at most `limit` (or the user's own limit) of them: beyond it
+        the least recently used is evicted (`policy` "evict") or the login refused ("deny").
 
         Safe to replay with the same `session_id`."""
         k = self._keys
@@ -126,10 +143,11 @@ class SessionStore:
                 ip,
                 password_version,
                 self._shift_ms(),
+                policy,
             ],
         )
         if int(reply[0]) != 1:
-            return None
+            return Refused(int(reply[0]))
         return NewSession(int(reply[1]), [str(victim) for victim in reply[2:]])
 
     async def rotate(
@@ -153,8 +171,11 @@ class SessionStore:
         )
         outcome = Rotation(int(reply[0]))
         if outcome is Rotation.ROTATED:
-            return RotateResult(outcome, *(int(value) for value in reply[1:5]))
-        return RotateResult(outcome)
+            generation, created, used, now = (int(value) for value in reply[1:5])
+            return RotateResult(outcome, generation, created, used, now)
+        if outcome is Rotation.UNKNOWN:
+            return RotateResult(outcome, reason=str(reply[1]) or "expired")
+        return RotateResult(outcome, reason="reuse_detected")
 
     async def revoke(
         self, user_id: str, reason: str, *, only: str | None = None, keep: str = ""
@@ -179,19 +200,20 @@ class SessionStore:
         ]
         return int(flat[0]), rows
 
-    async def probe(self, user_id: str, session_id: str) -> LiveSession | None:
-        """The session if it is live, else None. Read-only."""
+    async def probe(self, user_id: str, session_id: str) -> LiveSession | Ended:
+        """The session if it is live, else why it ended. Read-only."""
         reply = await self._scripts.probe_session(
             keys=[
                 self._keys.session(user_id, session_id),
                 self._keys.user(user_id),
                 self._keys.session_index(user_id),
+                self._keys.ended(user_id),
             ],
             args=[self._times.idle_ms, self._times.max_ms, self._shift_ms(), session_id],
         )
-        if not reply:
-            return None
-        return LiveSession(str(reply[0]), *(int(value) for value in reply[1:5]))
+        if int(reply[0]) != 1:
+            return Ended(str(reply[1]) or "expired")
+        return LiveSession(str(reply[1]), *(int(value) for value in reply[2:6]))
 
     async def ping(self) -> bool:
         """True when storage answers."""

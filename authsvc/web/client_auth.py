@@ -44,7 +44,7 @@ def _credentials(request: web.Request) -> tuple[str, str]:
         return "", ""
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII in the Base64 text
         return "", ""
     name, colon, secret = decoded.partition(":")
     if not colon:

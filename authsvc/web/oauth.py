@@ -3,18 +3,23 @@ revocation (RFC 7009) and the revocation stream (Server-Sent Events)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from aiohttp import web
 from aiohttp_sse import sse_response
 
 from authsvc.domain.errors import Unavailable
+from authsvc.store.revocations import Revocation
 from authsvc.web.client_auth import require_client
 from authsvc.web.context import FEED, INSPECTOR, STREAMS
 from authsvc.web.responses import json_response
 from authsvc.web.schemas import read_token_form
 
 routes = web.RouteTableDef()
-HEARTBEAT = 2.0  # seconds between comment lines on an idle stream (the contract: at most 15)
+# Seconds between comment lines on an idle stream (the contract: at most 15). Often, so that
+# a client can tell a silent stream from a quiet one within a few seconds.
+HEARTBEAT = 1.0
 _encode = msgspec.json.Encoder().encode
 
 
@@ -43,9 +48,28 @@ async def revocations(request: web.Request) -> web.StreamResponse:
             raise Unavailable("revocations are not being heard", retry_after=1)
         async with sse_response(request, ping_interval=HEARTBEAT) as stream:
             await stream.send("{}", event="ready")
-            while (ended := await queue.get()) is not None:
-                data = {"sid": ended.session_id, "sub": ended.user_id, "reason": ended.reason}
-                await stream.send(_encode(data).decode(), event="revoked")
+            gone = asyncio.ensure_future(stream.wait())  # the client went away
+            try:
+                while (ended := await _next(queue, gone)) is not None:
+                    data = {"sid": ended.session_id, "sub": ended.user_id, "reason": ended.reason}
+                    await stream.send(_encode(data).decode(), event="revoked")
+            finally:
+                gone.cancel()
         return stream
     finally:
         streams.close(queue)
+
+
+async def _next(
+    queue: asyncio.Queue[Revocation | None], gone: asyncio.Future[None]
+) -> Revocation | None:
+    """The next revocation for the stream, or None when the stream must end."""
+    if not queue.empty():
+        return queue.get_nowait()
+    get = asyncio.ensure_future(queue.get())
+    waiting: set[asyncio.Future[object]] = {get, gone}  # type: ignore[arg-type]
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if not get.done():
+        get.cancel()
+        return None
+    return get.result()

@@ -19,9 +19,11 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 def error_response(error: AuthError) -> web.Response:
     """The contract's `{"error", "error_description"}` with the error's status and headers."""
-    response = json_response(
-        {"error": error.code, "error_description": error.description}, error.status
-    )
+    body = {"error": error.code, "error_description": error.description}
+    reason = getattr(error, "reason", "")
+    if reason:
+        body["reason"] = reason
+    response = json_response(body, error.status)
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, InvalidToken):

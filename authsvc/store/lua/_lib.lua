@@ -35,6 +35,13 @@ local function ended_by(ended, sid)
   return string.match(tomb, '^%S+ %S+ (%S*)$')
 end
 
+-- Why a session ended: its tombstone's reason, or '' when it has none (an authentic token
+-- of a session without one outlived it: it expired, or ended more than a day ago).
+local function why_ended(ended, sid)
+  local tomb = redis.call('HGET', ended, sid)
+  return tomb and string.match(tomb, '^(%S+)') or ''
+end
+
 local function alive(fields, now, idle_ttl, max_ttl)
   return fields[1] and now < tonumber(fields[2]) + idle_ttl
     and now < tonumber(fields[1]) + max_ttl

@@ -1,17 +1,18 @@
--- Store a new session; first drop dead members, then evict least recently used sessions
--- while the user is at the limit. Count-and-evict is atomic: N concurrent logins leave
--- exactly `limit` sessions.
+-- Store a new session; first drop dead members, then, while the user is at the limit,
+-- evict least recently used sessions (policy 'evict') or refuse the login ('deny'). Atomic:
+-- N concurrent logins leave exactly the limit.
 -- KEYS[1]  the user's session index, a sorted set of session ids scored by last_used_at
 --          (<prefix>:{u:<user_id>}:s); session hashes are KEYS[1] .. ':' .. session_id and
 --          share its hash tag, so they live in this script's slot
 -- KEYS[2]  the new session's hash (KEYS[1] .. ':' .. ARGV[1])
--- KEYS[3]  the user hash <prefix>:{u:<user_id>}:user
+-- KEYS[3]  the user hash <prefix>:{u:<user_id>}:user (field 'lim': the user's own limit)
 -- KEYS[4]  the user's tombstones <prefix>:{u:<user_id>}:ended
--- ARGV     session_id, idle_ttl_ms, max_ttl_ms, limit, channel, user_id, user_agent, ip,
---          password version the login verified, shift_ms
+-- ARGV     session_id, idle_ttl_ms, max_ttl_ms, default limit, channel, user_id,
+--          user_agent, ip, password version the login verified, shift_ms, policy
 -- Returns  {1, created_at_ms, evicted ids...}  created (or found by a replay)
 --          {0}                               the password changed since it was verified,
 --                                            or the account is gone: nothing written
+--          {2}                               at the limit under 'deny': nothing written
 -- Time     Redis (now_ms); Redis TTLs only clean up.
 -- Every key is read before the first write, so a slot migration that moved some of them
 -- stops the script before it has changed anything (the caller retries).
@@ -28,9 +29,11 @@ end
 if redis.call('HEXISTS', ended, sid) == 1 then
   return {1, now}
 end
-if redis.call('HGET', user, 'pv') ~= version then
+local account = redis.call('HMGET', user, 'pv', 'lim')
+if account[1] ~= version then
   return {0}
 end
+limit = tonumber(account[2]) or limit
 
 local live, dead = {}, {}
 for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
@@ -41,6 +44,9 @@ for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
   end
 end
 
+if ARGV[11] == 'deny' and #live >= limit then
+  return {2}
+end
 for _, member in ipairs(dead) do
   redis.call('ZREM', index, member)
   redis.call('DEL', index .. ':' .. member)

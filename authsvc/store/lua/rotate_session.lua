@@ -6,7 +6,8 @@
 --          user_id, shift_ms, call id (unique per request; the hash keeps the last one as 'r')
 -- Returns  {1, generation to issue, created_at_ms, last_used_at_ms, now_ms}  rotated, or
 --                                                     within the grace window
---          {0}                                        no such live session
+--          {0, why it ended}                          no such live session (see
+--                                                     why_ended in _lib.lua)
 --          {2}                                        reuse: the session is now revoked
 -- Time     Redis (now_ms), so the grace window and lifetimes are the same on every instance.
 -- The current generation g rotates. g - 1 within `grace` of that rotation answers with the
@@ -24,14 +25,14 @@ local ctx = {index = index, ended = KEYS[3], now = now, call = '', channel = ARG
 
 local fields = redis.call('HMGET', session, 'gen', 'c', 'u', 'r')
 if not fields[1] or not redis.call('ZSCORE', index, sid) then  -- see probe_session.lua
-  return {0}
+  return {0, why_ended(ctx.ended, sid)}
 end
 local current, created, last_used = tonumber(fields[1]), tonumber(fields[2]), tonumber(fields[3])
 
 if now >= last_used + idle_ttl or now >= created + max_ttl then
   ctx.channel = nil  -- no token of it outlives its expiry: nobody needs telling
   end_session(ctx, sid, 'expired')
-  return {0}
+  return {0, 'expired'}
 end
 
 if presented == current - 1 and (now - last_used <= grace or fields[4] == ARGV[9]) then
