@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from authsvc.domain.admin import AdminService
 from authsvc.domain.clients import Clients, ClientsFileError
 from authsvc.domain.clock import Clock, system_clock
 from authsvc.domain.gate import SessionGate
@@ -33,8 +34,10 @@ from authsvc.store.scripts import Scripts
 from authsvc.store.sessions import SessionStore, SessionTimes
 from authsvc.store.throttles import ThrottleStore
 from authsvc.web.access_log import AccessLog
+from authsvc.web.admin import routes as admin_routes
 from authsvc.web.context import (
     ACCESS_LOG,
+    ADMIN,
     CLIENTS,
     FEED,
     HASHER,
@@ -120,6 +123,7 @@ def create_app(
     app.on_shutdown.append(lambda _: _end_streams(streams))
     app.router.add_routes(routes)
     app.router.add_routes(oauth_routes)
+    app.router.add_routes(admin_routes)
     app.cleanup_ctx.append(_access_log)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_hasher)
@@ -203,8 +207,9 @@ def _service(clock: Clock):  # type: ignore[no-untyped-def]
             s.refresh_grace,
             s.session_limit_policy,
         )
+        accounts = AccountStore(client, keys, scripts, shift_ms)
         app[SERVICE] = service = AuthService(
-            accounts=AccountStore(client, keys, scripts, shift_ms),
+            accounts=accounts,
             sessions=sessions,
             hasher=app[HASHER],
             throttle=throttle,
@@ -215,6 +220,7 @@ def _service(clock: Clock):  # type: ignore[no-untyped-def]
             clock=clock,
             metrics=app[METRICS],
         )
+        app[ADMIN] = AdminService(accounts, service)
         app[INSPECTOR] = TokenInspector(
             service=service,
             access=access,

@@ -243,6 +243,7 @@ class AuthService:
             normalize_password(current),
             lambda: self._accounts.of_user(principal.user_id),
             outcomes=None,
+            wrong="current password is wrong",
         )
         ended = await self._accounts.change_password(
             account, await self._hasher.hash(new), keep=principal.session_id
@@ -256,8 +257,32 @@ class AuthService:
 
     async def list_sessions(self, principal: Principal) -> list[SessionInfo]:
         """The caller's live sessions, most recently used first."""
-        _, rows = await self._sessions.list(principal.user_id)
-        return [self._info(row, principal.session_id) for row in rows]
+        return await self.sessions_of(principal.user_id, current=principal.session_id)
+
+    async def sessions_of(self, user_id: str, *, current: str = "") -> list[SessionInfo]:
+        """A user's live sessions, most recently used first."""
+        _, rows = await self._sessions.list(user_id)
+        return [self._info(row, current) for row in rows]
+
+    async def delete_account(self, principal: Principal, password: str) -> None:
+        """Delete the caller's account, if `password` is its password (throttled as logins
+        are): every session ends (`account_deleted`) and the email can sign up again."""
+        await self._check_password(
+            principal.email,
+            normalize_password(password),
+            lambda: self._accounts.of_user(principal.user_id),
+            outcomes=None,
+            wrong="password is wrong",
+        )
+        await self.delete_user(principal.user_id, principal.email)
+
+    async def delete_user(self, user_id: str, email: str) -> None:
+        """Delete an account and end every session of it (`account_deleted`)."""
+        ended = await self._accounts.delete(user_id, email)
+        for session_id in ended:
+            self._gate.revoked(session_id, "account_deleted")
+        self._metrics.logouts.labels("account_deleted").inc(len(ended))
+        log.info("account deleted", extra={"user_id": user_id, "ended": len(ended)})
 
     async def ready(self) -> bool:
         """True when storage answers."""
@@ -270,6 +295,7 @@ class AuthService:
         find: Callable[[], Awaitable[AccountRecord | None]],
         *,
         outcomes: Counter | None,
+        wrong: str | None = None,
     ) -> AccountRecord:
         """The account whose password `password` is; InvalidCredentials otherwise.
 
@@ -287,7 +313,7 @@ class AuthService:
         if not ok or account is None:
             if outcomes is not None:
                 outcomes.labels("failure").inc()
-            raise InvalidCredentials(None if outcomes is not None else "current password is wrong")
+            raise InvalidCredentials(wrong)
         if self._hasher.outdated(account.password_hash):
             await self._accounts.rehash(account, await self._hasher.hash(password))
         return account

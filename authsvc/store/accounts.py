@@ -24,6 +24,16 @@ class AccountRecord:
     version: str  # of the password: a session may only start with the version it verified
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserInfo:
+    """An account as operators see it."""
+
+    user_id: str
+    email: str
+    created_ms: int
+    session_limit: int | None  # the user's own, or None for the default
+
+
 class AccountStore:
     """Create, read and update accounts."""
 
@@ -44,11 +54,50 @@ class AccountStore:
         await self._client.hset(
             user, mapping={"email": email, "pw": password_hash, "pv": 0, "c": now_ms}
         )
-        owner = await self._client.set(self._keys.email(email), user_id, nx=True, get=True)
+        key = self._keys.email(email)
+        owner = await self._client.set(key, user_id, nx=True, get=True)
         if owner is None or owner == user_id:  # claimed (or claimed by a replay of this call)
+            return True
+        # A claim whose account is gone (a deletion that stopped before releasing the email)
+        # is taken over, atomically: two signups for it cannot both win.
+        orphaned = not await self._client.exists(self._keys.user(str(owner)))
+        if orphaned and await self._scripts.swap_email(keys=[key], args=[owner, user_id]):
             return True
         await self._client.delete(user)
         return False
+
+    async def user_id(self, email: str) -> str | None:
+        """The user registered under `email`, if any."""
+        user_id = await self._client.get(self._keys.email(email))
+        return None if user_id is None else str(user_id)
+
+    async def info(self, user_id: str) -> UserInfo | None:
+        """The account of a user id, as operators see it."""
+        email, created, limit = await self._client.hmget(
+            self._keys.user(user_id), ["email", "c", "lim"]
+        )
+        if email is None:
+            return None
+        return UserInfo(user_id, str(email), int(created or 0), int(limit) if limit else None)
+
+    async def set_session_limit(self, user_id: str, limit: int | None) -> bool:
+        """Set the user's own session limit (None: the default); False for no such user."""
+        done = await self._scripts.set_session_limit(
+            keys=[self._keys.user(user_id)], args=["" if limit is None else limit]
+        )
+        return bool(done)
+
+    async def delete(self, user_id: str, email: str) -> list[str]:
+        """Delete the account and end its sessions (tombstones stay); returns those ended.
+        Two slots: the user's first, then the email's claim is released; a claim left by a
+        deletion that stopped in between is taken over by the next signup (see `create`)."""
+        k = self._keys
+        ended: list[str] = await self._scripts.delete_account(
+            keys=[k.user(user_id), k.session_index(user_id), k.ended(user_id)],
+            args=[k.channel, user_id, call_id(), self._shift_ms()],
+        )
+        await self._scripts.swap_email(keys=[k.email(email)], args=[user_id, ""])
+        return ended
 
     async def find(self, email: str) -> AccountRecord | None:
         """The account registered under `email`, if any. An unknown email costs the same

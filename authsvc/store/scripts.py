@@ -56,3 +56,6 @@ class Scripts:
         self.change_password = Script(client, "change_password")
         self.rehash_password = Script(client, "rehash_password")
         self.throttle = Script(client, "throttle")
+        self.delete_account = Script(client, "delete_account")
+        self.swap_email = Script(client, "swap_email")
+        self.set_session_limit = Script(client, "set_session_limit")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from authsvc.domain.admin import AdminService
 from authsvc.domain.clients import Clients
 from authsvc.domain.introspection import TokenInspector
 from authsvc.domain.keys import KeyRing
@@ -25,6 +26,7 @@ REDIS: web.AppKey[Client] = web.AppKey("authsvc.redis")
 HASHER = web.AppKey("authsvc.hasher", Hasher)
 FEED = web.AppKey("authsvc.revocation_feed", RevocationFeed)
 CLIENTS = web.AppKey("authsvc.clients", Clients)
+ADMIN = web.AppKey("authsvc.admin", AdminService)
 THROTTLE = web.AppKey("authsvc.throttle", Throttle)
 INSPECTOR = web.AppKey("authsvc.token_inspector", TokenInspector)
 STREAMS = web.AppKey("authsvc.revocation_streams", RevocationStreams)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 from importlib import resources
 
 from aiohttp import web
@@ -13,8 +12,14 @@ from authsvc.domain.service import Principal, TokenSet
 from authsvc.domain.tokens import MAX_ACCESS_TOKEN_LENGTH
 from authsvc.web.client_ip import request_ip
 from authsvc.web.context import KEYRING, METRICS, SERVICE
-from authsvc.web.responses import json_response
-from authsvc.web.schemas import Credentials, PasswordChange, RefreshRequest, read_body
+from authsvc.web.responses import json_response, session_json
+from authsvc.web.schemas import (
+    AccountDeletion,
+    Credentials,
+    PasswordChange,
+    RefreshRequest,
+    read_body,
+)
 
 routes = web.RouteTableDef()
 _OPENAPI = resources.files("authsvc.web").joinpath("openapi.json").read_bytes()
@@ -43,11 +48,6 @@ def _tokens(tokens: TokenSet) -> web.Response:
             "session_id": tokens.session_id,
         }
     )
-
-
-def _rfc3339(seconds: float) -> str:
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 @routes.post("/v1/auth/signup")
@@ -106,22 +106,15 @@ async def me(request: web.Request) -> web.Response:
 @routes.get("/v1/sessions")
 async def list_sessions(request: web.Request) -> web.Response:
     sessions = await request.app[SERVICE].list_sessions(await _principal(request))
-    return json_response(
-        {
-            "sessions": [
-                {
-                    "session_id": s.session_id,
-                    "created_at": _rfc3339(s.created_at),
-                    "last_used_at": _rfc3339(s.last_used_at),
-                    "expires_at": _rfc3339(s.expires_at),
-                    "user_agent": s.user_agent,
-                    "ip": s.ip,
-                    "current": s.current,
-                }
-                for s in sessions
-            ]
-        }
-    )
+    return json_response({"sessions": [session_json(s, with_current=True) for s in sessions]})
+
+
+@routes.delete("/v1/me")
+async def delete_account(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await read_body(request, AccountDeletion)
+    await request.app[SERVICE].delete_account(principal, body.password)
+    return web.Response(status=204)
 
 
 @routes.delete("/v1/sessions/{session_id}")

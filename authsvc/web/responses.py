@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from authsvc.domain.errors import AuthError, InvalidClient, InvalidToken, MethodNotAllowed
+from authsvc.domain.service import SessionInfo
 
 _encode = msgspec.json.Encoder().encode
 
@@ -15,6 +17,27 @@ _encode = msgspec.json.Encoder().encode
 def json_response(data: Any, status: int = 200) -> web.Response:
     """`data` as a JSON response."""
     return web.Response(body=_encode(data), status=status, content_type="application/json")
+
+
+def rfc3339(seconds: float) -> str:
+    """A Unix time as RFC 3339 UTC with milliseconds (`2026-11-26T15:42:24.123Z`)."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def session_json(session: SessionInfo, *, with_current: bool) -> dict[str, Any]:
+    """A session as the sessions lists show it (the admin API's without `current`)."""
+    shown: dict[str, Any] = {
+        "session_id": session.session_id,
+        "created_at": rfc3339(session.created_at),
+        "last_used_at": rfc3339(session.last_used_at),
+        "expires_at": rfc3339(session.expires_at),
+        "user_agent": session.user_agent,
+        "ip": session.ip,
+    }
+    if with_current:
+        shown["current"] = session.current
+    return shown
 
 
 def error_response(error: AuthError) -> web.Response:

@@ -32,9 +32,22 @@ class PasswordChange(msgspec.Struct, frozen=True):
     new_password: str
 
 
-_Body = TypeVar("_Body", Credentials, RefreshRequest, PasswordChange)
+class AccountDeletion(msgspec.Struct, frozen=True):
+    """Deleting one's own account."""
+
+    password: str
+
+
+class SessionLimit(msgspec.Struct, frozen=True):
+    """An operator setting a user's own session limit (null: back to the default)."""
+
+    limit: int | None
+
+
+_BODIES = (Credentials, RefreshRequest, PasswordChange, AccountDeletion, SessionLimit)
+_Body = TypeVar("_Body", Credentials, RefreshRequest, PasswordChange, AccountDeletion, SessionLimit)
 _DECODERS: dict[type, msgspec.json.Decoder[object]] = {
-    kind: msgspec.json.Decoder(kind) for kind in (Credentials, RefreshRequest, PasswordChange)
+    kind: msgspec.json.Decoder(kind) for kind in _BODIES
 }
 
 
