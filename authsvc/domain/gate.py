@@ -63,6 +63,13 @@ class SessionGate:
         for session_id in [s for s, (until, _) in self._revoked.items() if until <= now]:
             del self._revoked[session_id]
 
+    async def why_ended(self, user_id: str, session_id: str) -> str:
+        """Why the session ended; "" while it is live (a token of it merely expired)."""
+        if session_id in self._revoked:
+            return self._revoked[session_id][1]
+        found = await self._probe(user_id, session_id)
+        return found.reason if isinstance(found, Ended) else ""
+
     async def admit(self, user_id: str, session_id: str) -> str:
         """The session's email if it is live; InvalidToken if it ended."""
         if session_id in self._revoked:

@@ -17,6 +17,7 @@ from authsvc.domain.errors import (
     InvalidCredentials,
     InvalidGrant,
     InvalidRequest,
+    InvalidToken,
     NotFound,
     RateLimited,
     SessionLimitReached,
@@ -24,7 +25,14 @@ from authsvc.domain.errors import (
 from authsvc.domain.gate import SessionGate
 from authsvc.domain.passwords import Hasher, new_password, normalize_password
 from authsvc.domain.throttle import Throttle
-from authsvc.domain.tokens import AccessClaims, AccessTokens, RefreshTokens, is_id, new_id
+from authsvc.domain.tokens import (
+    AccessClaims,
+    AccessTokens,
+    RefreshTokens,
+    TokenExpired,
+    is_id,
+    new_id,
+)
 from authsvc.metrics import Metrics
 from authsvc.store.accounts import AccountRecord, AccountStore
 from authsvc.store.sessions import Refused, Rotation, SessionRow, SessionStore
@@ -215,8 +223,14 @@ class AuthService:
         )
 
     async def authenticate(self, token: str) -> Principal:
-        """The caller behind a Bearer token; InvalidToken if it is not valid now."""
-        claims: AccessClaims = self._access.verify(token, self._clock())
+        """The caller behind a Bearer token; InvalidToken if it is not valid now (with why
+        its session ended, when it did: also for a token past its own `exp`)."""
+        try:
+            claims: AccessClaims = self._access.verify(token, self._clock())
+        except TokenExpired as expired:
+            ended = expired.claims
+            reason = await self._gate.why_ended(ended.user_id, ended.session_id)
+            raise InvalidToken("token expired", reason=reason) from None
         email = await self._gate.admit(claims.user_id, claims.session_id)
         return Principal(claims.user_id, claims.session_id, email)
 

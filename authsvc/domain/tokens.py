@@ -44,6 +44,14 @@ class AccessClaims:
     token_id: str
 
 
+class TokenExpired(InvalidToken):
+    """An authentic access token past its `exp`: its claims say which session it was of."""
+
+    def __init__(self, claims: AccessClaims) -> None:
+        super().__init__("token expired")
+        self.claims = claims
+
+
 class AccessTokens:
     """Issue and verify access tokens with a key ring."""
 
@@ -90,7 +98,7 @@ class AccessTokens:
                 del self._verified[next(iter(self._verified))]
             self._verified[token] = claims
         if now >= claims.expires_at:
-            raise InvalidToken("token expired")
+            raise TokenExpired(claims)
         return claims
 
     def _decode(self, token: str, now: float) -> AccessClaims:

@@ -85,11 +85,11 @@ class RotateResult:
     reason: str = ""  # UNKNOWN: why the session ended
 
 
-def call_id(*, short: bool = False) -> str:
-    """A unique id for one call of a script: a replay of the call by a client retry carries
-    the same id and answers as the first run did. `short` ids (48 bits) are for the one that
-    every session hash keeps: they need only tell one session's rotations apart."""
-    return secrets.token_urlsafe(6 if short else 12)
+def call_id() -> str:
+    """An id for one call of a script: a replay of the call by a client retry carries the
+    same id and answers as the first run did. 48 random bits: it only has to tell apart the
+    calls that concern one session (session hashes and tombstones keep it)."""
+    return secrets.token_urlsafe(6)
 
 
 class SessionStore:
@@ -166,7 +166,7 @@ class SessionStore:
                 k.channel,
                 user_id,
                 self._shift_ms(),
-                call_id(short=True),
+                call_id(),
             ],
         )
         outcome = Rotation(int(reply[0]))
