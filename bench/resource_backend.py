@@ -1,5 +1,5 @@
 """A backend's handler, with authsvc.resource's aiohttp middleware (`--protected`) or without:
-the cost the middleware adds is the ratio of the two. Run by bench/resource.py as
+the cost the middleware adds is the ratio of the two. Run by bench/backends.py as
 `python bench/resource_backend.py --port P [--protected]`."""
 
 from __future__ import annotations

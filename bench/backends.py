@@ -1,7 +1,7 @@
-"""Resource servers: how long after a logout at authsvc does a backend that uses
+"""Resource servers (API backends): how long after a logout at authsvc does a backend that uses
 authsvc.resource refuse the session, and what does the middleware cost a request?
 
-    .venv/bin/python bench/resource.py                 # 50 trials, 3 rounds of 10 s each way
+    .venv/bin/python bench/backends.py                 # 50 trials, 3 rounds of 10 s each way
 
 Starts a redis-server, `authsvc serve` (bcrypt cost 4, so the trials' logins are quick) with a
 service client, and backends from bench/resource_backend.py:
