@@ -53,6 +53,8 @@ async def revocations(request: web.Request) -> web.StreamResponse:
                 while (ended := await _next(queue, gone)) is not None:
                     data = {"sid": ended.session_id, "sub": ended.user_id, "reason": ended.reason}
                     await stream.send(_encode(data).decode(), event="revoked")
+            except ConnectionResetError:  # the client went away mid-write
+                pass
             finally:
                 gone.cancel()
         return stream
@@ -64,6 +66,8 @@ async def _next(
     queue: asyncio.Queue[Revocation | None], gone: asyncio.Future[None]
 ) -> Revocation | None:
     """The next revocation for the stream, or None when the stream must end."""
+    if gone.done():
+        return None
     if not queue.empty():
         return queue.get_nowait()
     get = asyncio.ensure_future(queue.get())
