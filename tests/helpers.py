@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
+from urllib.parse import quote_plus
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -41,6 +43,13 @@ async def refresh(client: Client, refresh_token: str) -> tuple[int, dict[str, An
     response = await client.post("/v1/auth/refresh", json={"refresh_token": refresh_token})
     body: dict[str, Any] = await response.json()
     return response.status, body
+
+
+def basic_auth(name: str, secret: str) -> str:
+    """A service client's Authorization value (RFC 6749 2.3.1: each part form-urlencoded,
+    then Base64)."""
+    pair = f"{quote_plus(name, safe='')}:{quote_plus(secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
 
 
 def bearer(tokens: dict[str, Any]) -> dict[str, str]:

@@ -34,7 +34,7 @@ from authsvc.domain.clients import Clients, add_client
 from authsvc.domain.clock import Clock
 from authsvc.settings import Settings
 from tests.conftest import Backend, ClientFactory, free_port, with_
-from tests.helpers import PASSWORD, Client, bearer, login, me_status, refresh, signup
+from tests.helpers import PASSWORD, Client, basic_auth, bearer, login, me_status, refresh, signup
 from tests.process import Service
 
 with warnings.catch_warnings():
@@ -70,12 +70,7 @@ class Registry:
 
     def basic(self, name: str, secret: str | None = None) -> dict[str, str]:
         """An RFC 6749 2.3.1 Basic header: each part form-urlencoded, then Base64."""
-        return {"Authorization": basic(name, self.secrets[name] if secret is None else secret)}
-
-
-def basic(name: str, secret: str) -> str:
-    pair = f"{quote_plus(name, safe='')}:{quote_plus(secret, safe='')}"
-    return "Basic " + base64.b64encode(pair.encode()).decode()
+        return {"Authorization": basic_auth(name, self.secrets[name] if secret is None else secret)}
 
 
 @pytest.fixture
@@ -517,10 +512,10 @@ async def test_client_authentication_failures_are_401_invalid_client_with_a_basi
             {"Authorization": "Basic !!!not-base64!!!"},
             {"Authorization": "Basic " + b64(b"orders" + secret.encode()).decode()},  # no colon
             {"Authorization": "Basic " + b64(b"\xff\xfe:\xff").decode()},  # not UTF-8
-            {"Authorization": basic("nobody", secret)},
-            {"Authorization": basic("orders", secret[:-1])},
-            {"Authorization": basic("orders", "")},
-            {"Authorization": basic("", secret)},
+            {"Authorization": basic_auth("nobody", secret)},
+            {"Authorization": basic_auth("orders", secret[:-1])},
+            {"Authorization": basic_auth("orders", "")},
+            {"Authorization": basic_auth("", secret)},
             {"Authorization": f"Bearer {tokens['access_token']}"},
             {"Authorization": "Basic " + "A" * 4096},
         ]:
@@ -562,7 +557,7 @@ async def test_wrong_secrets_from_one_address_get_429_even_for_the_right_secret(
     data = {"token": tokens["access_token"]}
 
     async def attempt(address: str, secret: str) -> aiohttp.ClientResponse:
-        headers = {"X-Forwarded-For": address, "Authorization": basic("orders", secret)}
+        headers = {"X-Forwarded-For": address, "Authorization": basic_auth("orders", secret)}
         return await app.post(INTROSPECT, data=data, headers=headers)
 
     wrong, right = "wrong-secret", registry.secrets["orders"]

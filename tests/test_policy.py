@@ -8,7 +8,6 @@ instances on one Redis) and times are polled with deadlines, never slept."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import json
 import os
@@ -17,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
 
 import aiohttp
 import pytest
@@ -33,7 +31,17 @@ from authsvc.store.keys import Keys
 from authsvc.store.scripts import Scripts
 from authsvc.store.sessions import NewSession, SessionStore, SessionTimes
 from tests.conftest import ClientFactory, RedisServer, with_
-from tests.helpers import PASSWORD, Client, bearer, login, me_status, raw_redis, refresh, signup
+from tests.helpers import (
+    PASSWORD,
+    Client,
+    basic_auth,
+    bearer,
+    login,
+    me_status,
+    raw_redis,
+    refresh,
+    signup,
+)
 
 WITHIN = 1.0  # seconds in which the contract says an ended session is known everywhere
 NEW_PASSWORD = "another horse battery"
@@ -57,8 +65,7 @@ class Registry:
     def basic(self, name: str = "ops", secret: str | None = None) -> dict[str, str]:
         """An RFC 6749 2.3.1 Basic header: each part form-urlencoded, then Base64."""
         secret = self.secrets[name] if secret is None else secret
-        pair = f"{quote_plus(name, safe='')}:{quote_plus(secret, safe='')}"
-        return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+        return {"Authorization": basic_auth(name, secret)}
 
 
 @pytest.fixture
