@@ -771,13 +771,21 @@ class EventStream:
 
 @contextlib.asynccontextmanager
 async def revocation_stream(
-    app: Client, registry: Registry, name: str = "gateway"
+    app: Client, registry: Registry, name: str = "gateway", *, retry_for: float = 0.0
 ) -> AsyncIterator[EventStream]:
-    """An open stream whose `ready` event has been read."""
+    """An open stream whose `ready` event has been read; with `retry_for`, 503s (the feed
+    resubscribing, or not heard from lately) are retried for that long."""
+    if retry_for:
+        await wait_for_stream(app, registry, retry_for)
     async with (
         aiohttp.ClientSession() as http,
         http.get(app.make_url(STREAM), headers=registry.basic(name)) as response,
     ):
+        if retry_for and response.status == 503:  # healthy again, then lost for a moment
+            await wait_for_stream(app, registry, retry_for)
+            async with revocation_stream(app, registry, name) as stream:
+                yield stream
+                return
         assert response.status == 200, await response.text()
         assert response.content_type == "text/event-stream"
         stream = EventStream(response)
@@ -933,8 +941,7 @@ async def test_stream_ends_when_the_feed_loses_its_subscription_and_reconnecting
         assert killed >= 2  # a's subscription and b's
         item = await stream.next(5.0)
         assert item.kind == "end", item
-    await wait_for_stream(a, registry, 10.0)
-    async with revocation_stream(a, registry) as stream:
+    async with revocation_stream(a, registry, retry_for=10.0) as stream:
         assert (await b.post("/v1/auth/logout", headers=bearer(tokens))).status == 204
         assert await stream.revoked(WITHIN) == {
             "sid": tokens["session_id"],

@@ -17,7 +17,9 @@ from authsvc.store.client import Client, pubsub_client
 log = logging.getLogger(__name__)
 
 PING_EVERY = 0.2  # seconds between liveness checks of the subscription
-DEAD_AFTER = 0.6  # seconds without any reply before the subscription counts as lost
+# Seconds without any reply before the subscription counts as lost: within the second that
+# revocations promise, and several pings' worth, so that a busy event loop does not flap it.
+DEAD_AFTER = 0.9
 
 
 class Revocation(NamedTuple):
