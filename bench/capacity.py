@@ -238,7 +238,7 @@ def report(
     verdict = "OK" if per_session <= TARGET_BYTES_PER_SESSION else "OVER"
     print(
         f"bytes per session      {per_session:,.0f}  (session + 1/{plan.sessions_per_user} "
-        f"index + 1/{plan.sessions_per_user} user hash; target <= "
+        f"index; the user hash counts with the account; target <= "
         f"{TARGET_BYTES_PER_SESSION}: {verdict})"
     )
     print(f"bytes per account      {per_account:,.0f}")
