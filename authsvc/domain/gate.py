@@ -64,11 +64,16 @@ class SessionGate:
             del self._revoked[session_id]
 
     async def why_ended(self, user_id: str, session_id: str) -> str:
-        """Why the session ended; "" while it is live (a token of it merely expired)."""
+        """Why the session ended; "" while it is live (a token of it merely expired). Asked
+        of Redis, not of the live cache (an expired token may outlast what it knew); an
+        ending is remembered, so asking again costs no round trip."""
         if session_id in self._revoked:
             return self._revoked[session_id][1]
         found = await self._probe(user_id, session_id)
-        return found.reason if isinstance(found, Ended) else ""
+        if isinstance(found, Ended):
+            self.revoked(session_id, found.reason)
+            return found.reason
+        return ""
 
     async def admit(self, user_id: str, session_id: str) -> str:
         """The session's email if it is live; InvalidToken if it ended."""

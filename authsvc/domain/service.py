@@ -278,9 +278,10 @@ class AuthService:
         _, rows = await self._sessions.list(user_id)
         return [self._info(row, current) for row in rows]
 
-    async def delete_account(self, principal: Principal, password: str) -> None:
+    async def delete_account(self, principal: Principal, password: str, *, ip: str) -> None:
         """Delete the caller's account, if `password` is its password (throttled as logins
         are): every session ends (`account_deleted`) and the email can sign up again."""
+        await self._throttle.count_attempt(ip)
         await self._check_password(
             principal.email,
             normalize_password(password),

@@ -113,7 +113,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 async def delete_account(request: web.Request) -> web.Response:
     principal = await _principal(request)
     body = await read_body(request, AccountDeletion)
-    await request.app[SERVICE].delete_account(principal, body.password)
+    await request.app[SERVICE].delete_account(principal, body.password, ip=request_ip(request))
     return web.Response(status=204)
 
 
