@@ -49,6 +49,6 @@ EXPOSE 8080
 
 # Liveness only: /readyz (storage reachable) is what an orchestrator should gate traffic on.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)" || exit 1
 
 CMD ["authsvc", "serve", "--host", "0.0.0.0", "--port", "8080"]
