@@ -83,18 +83,16 @@ class TokenInspector:
         )
         if not (current or in_grace):  # refresh would call it reuse
             return INACTIVE
-        expires_ms = min(
-            live.last_used_ms + self._policy.idle_ttl * 1000,
-            live.created_ms + self._policy.max_ttl * 1000,
-        )
+        used = live.last_used_ms / 1000
+        expires = self._policy.expires_at(used, live.created_ms / 1000)
         if in_grace:  # the old token is accepted only until the grace window closes
-            expires_ms = min(expires_ms, live.last_used_ms + self._policy.refresh_grace * 1000)
+            expires = min(expires, used + self._policy.refresh_grace)
         return {
             "active": True,
             "token_type": "refresh_token",
             "sub": claims.user_id,
             "sid": claims.session_id,
-            "exp": expires_ms // 1000,
+            "exp": int(expires),
         }
 
 

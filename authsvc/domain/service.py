@@ -60,6 +60,10 @@ class Policy:
     refresh_grace: int
     limit_policy: str = "evict"  # or "deny"
 
+    def expires_at(self, last_used_at: float, created_at: float) -> float:
+        """When a session ends: the earlier of its idle and its absolute end (seconds)."""
+        return min(last_used_at + self.idle_ttl, created_at + self.max_ttl)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TokenSet:
@@ -275,7 +279,7 @@ class AuthService:
 
     async def sessions_of(self, user_id: str, *, current: str = "") -> list[SessionInfo]:
         """A user's live sessions, most recently used first."""
-        _, rows = await self._sessions.list(user_id)
+        rows = await self._sessions.list(user_id)
         return [self._info(row, current) for row in rows]
 
     async def delete_account(self, principal: Principal, password: str, *, ip: str) -> None:
@@ -361,7 +365,7 @@ class AuthService:
         last_used_at: float,
     ) -> TokenSet:
         """Tokens for a session; `now` and the session's times are Redis's."""
-        expires_at = self._expires_at(last_used_at, created_at)
+        expires_at = self._policy.expires_at(last_used_at, created_at)
         # The access token's iat is this process's time, and it ends with the session at
         # the latest: what is left of the session is measured in Redis's time.
         local = self._clock()
@@ -376,16 +380,13 @@ class AuthService:
             session_id=session_id,
         )
 
-    def _expires_at(self, last_used_at: float, created_at: float) -> float:
-        return min(last_used_at + self._policy.idle_ttl, created_at + self._policy.max_ttl)
-
     def _info(self, row: SessionRow, current: str) -> SessionInfo:
         created, used = row.created_ms / 1000, row.last_used_ms / 1000
         return SessionInfo(
             session_id=row.session_id,
             created_at=created,
             last_used_at=used,
-            expires_at=self._expires_at(used, created),
+            expires_at=self._policy.expires_at(used, created),
             user_agent=row.user_agent or None,
             ip=row.ip or None,
             current=row.session_id == current,

@@ -188,17 +188,16 @@ class SessionStore:
         )
         return ended
 
-    async def list(self, user_id: str) -> tuple[int, list[SessionRow]]:
-        """Redis's time (ms) and the user's live sessions, most recently used first."""
+    async def list(self, user_id: str) -> list[SessionRow]:
+        """The user's live sessions, most recently used first."""
         flat = await self._scripts.list_sessions(
             keys=[self._keys.session_index(user_id)],
             args=[self._times.idle_ms, self._times.max_ms, self._shift_ms()],
         )
-        rows = [
+        return [
             SessionRow(flat[i], int(flat[i + 1]), int(flat[i + 2]), flat[i + 3], flat[i + 4])
-            for i in range(1, len(flat), 5)
+            for i in range(0, len(flat), 5)
         ]
-        return int(flat[0]), rows
 
     async def probe(self, user_id: str, session_id: str) -> LiveSession | Ended:
         """The session if it is live, else why it ended. Read-only."""
