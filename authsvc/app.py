@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
+import socket
 import stat
 import sys
 from collections.abc import AsyncIterator
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from authsvc.domain.admin import AdminService
 from authsvc.domain.clients import Clients, ClientsFileError
@@ -54,6 +57,8 @@ from authsvc.web.handlers import routes
 from authsvc.web.middleware import observe
 from authsvc.web.oauth import routes as oauth_routes
 from authsvc.web.schemas import MAX_BODY
+from authsvc.webhooks.outbox import Outbox
+from authsvc.webhooks.worker import CLAIM_IDLE_MS, WebhookWorker
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +175,7 @@ def _service(clock: Clock):  # type: ignore[no-untyped-def]
     async def service(app: web.Application) -> AsyncIterator[None]:
         s = app[SETTINGS]
         client = app[REDIS]
-        keys = Keys(s.key_prefix)
+        keys = Keys(s.key_prefix, cluster=s.redis_cluster, events=s.webhook_url is not None)
         scripts = Scripts(client)
         times = SessionTimes(s.session_idle_ttl * 1000, s.session_max_ttl * 1000)
 
@@ -231,15 +236,49 @@ def _service(clock: Clock):  # type: ignore[no-untyped-def]
         )
         task = asyncio.create_task(feed.run(), name="authsvc.revocation_feed")
         pruner = asyncio.create_task(_prune(gate, s.access_token_ttl), name="authsvc.gate_pruner")
+        webhooks = _webhook_worker(s, client, keys, scripts, app[METRICS], clock)
+        deliverer = webhooks and asyncio.create_task(webhooks.run(), name="authsvc.webhooks")
         # Start serving once revocations are heard (or after a short wait: until then every
         # token is checked in Redis, which is correct, only slower).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await feed.wait_subscribed()
         yield
-        await _stop(task, pruner)
+        await _stop(task, pruner, *([deliverer] if deliverer else []))
+        if webhooks is not None:
+            try:
+                async with asyncio.timeout(STOP_WAIT):
+                    await webhooks.close()
+            except (TimeoutError, RedisError) as exc:  # taken over after CLAIM_IDLE_MS
+                log.warning("webhook events not handed back: %r", exc)
 
     return service
+
+
+def _webhook_worker(
+    s: Settings,
+    client: redis_client.Client,
+    keys: Keys,
+    scripts: Scripts,
+    metrics: Metrics,
+    clock: Clock,
+) -> WebhookWorker | None:
+    if s.webhook_url is None or s.webhook_secret is None:
+        return None
+    consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    outbox = Outbox(client, keys, scripts, consumer, CLAIM_IDLE_MS)
+    return WebhookWorker(
+        client=client,
+        outbox=outbox,
+        bell=keys.bell,
+        url=s.webhook_url,
+        secret=s.webhook_secret,
+        metrics=metrics,
+        clock=clock,
+        # A sweep counts the entries of every outbox: one on a single Redis, 16384 on a
+        # cluster, where the doorbell does the quick work and sweeps catch what it missed.
+        sweep_every=10.0 if keys.cluster else 1.0,
+    )
 
 
 async def _stop(*tasks: asyncio.Task[None]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -81,3 +81,31 @@ class Metrics:
             "authsvc_throttled", "Requests throttled, by route.", ["route"], registry=r
         )
         self.redis_errors = Counter("authsvc_redis_errors", "Storage errors.", registry=r)
+        self.webhook_queued = Counter(
+            "authsvc_webhook_events_queued",
+            "Webhook events taken from the outbox by this instance for the first time.",
+            registry=r,
+        )
+        self.webhook_delivered = Counter(
+            "authsvc_webhook_events_delivered", "Webhook events delivered.", registry=r
+        )
+        self.webhook_failures = Counter(
+            "authsvc_webhook_delivery_failures",
+            "Webhook delivery attempts that failed.",
+            registry=r,
+        )
+        self.webhook_dropped = Counter(
+            "authsvc_webhook_events_dropped",
+            "Webhook events given up after failing for a day.",
+            registry=r,
+        )
+        self.webhook_undelivered = Gauge(
+            "authsvc_webhook_events_undelivered",
+            "Webhook events in the outbox, queued or being retried (as of the last sweep).",
+            registry=r,
+        )
+        self.webhook_oldest = Gauge(
+            "authsvc_webhook_oldest_undelivered_seconds",
+            "Age of the oldest undelivered webhook event (as of the last sweep).",
+            registry=r,
+        )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from yarl import URL
 
 PREFIX = "AUTHSVC_"
 
@@ -41,6 +45,8 @@ class Settings:
     ip_rate_window: int = 60
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     clients_file: Path | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = dataclasses.field(default=None, repr=False)
     log_level: str = "info"
     log_format: str = "json"
 
@@ -135,9 +141,9 @@ def _convert(name: str, value: Any) -> Any:
         if text not in _CHOICES[name]:
             raise SettingsError(f"{var}: expected one of {', '.join(_CHOICES[name])}, got {text!r}")
         return text
-    if not text and name != "jwt_secret":
+    if not text and name not in ("jwt_secret", "webhook_secret"):
         raise SettingsError(f"{var}: must not be empty")
-    return str(value) if name == "jwt_secret" else text
+    return str(value) if name in ("jwt_secret", "webhook_secret") else text
 
 
 def _check(s: Settings) -> None:
@@ -155,6 +161,39 @@ def _check(s: Settings) -> None:
         )
     if any(c in s.key_prefix for c in "{} \t\r\n"):
         raise SettingsError("AUTHSVC_KEY_PREFIX: must not contain braces or white space")
+    _check_webhooks(s)
+
+
+# Standard Webhooks secrets: "whsec_" and the base64 of 24 to 64 random bytes.
+_SECRET_PREFIX = "whsec_"  # noqa: S105 (a format's prefix, not a secret)
+_SECRET_BYTES = (24, 64)
+
+
+def _check_webhooks(s: Settings) -> None:
+    if s.webhook_url is None:
+        if s.webhook_secret is not None:
+            raise SettingsError("AUTHSVC_WEBHOOK_SECRET: set without AUTHSVC_WEBHOOK_URL")
+        return
+    try:
+        url = URL(s.webhook_url)
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host or url.fragment:
+        raise SettingsError("AUTHSVC_WEBHOOK_URL: must be an http:// or https:// URL")
+    if s.webhook_secret is None:
+        raise SettingsError("AUTHSVC_WEBHOOK_SECRET: required with AUTHSVC_WEBHOOK_URL")
+    secret = s.webhook_secret.strip()
+    encoded = secret.removeprefix(_SECRET_PREFIX)
+    try:  # padded or not, as generators differ
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    low, high = _SECRET_BYTES
+    if not secret.startswith(_SECRET_PREFIX) or not low <= len(key) <= high:
+        raise SettingsError(
+            f"AUTHSVC_WEBHOOK_SECRET: expected {_SECRET_PREFIX} and the base64 of"
+            f" {low} to {high} random bytes"
+        )
 
 
 def risky(s: Settings) -> list[str]:

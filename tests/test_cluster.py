@@ -142,7 +142,7 @@ def test_cluster_has_three_masters_serving_every_slot(cluster3: RedisCluster3) -
 async def test_revocation_from_a_script_on_one_master_reaches_subscribers_on_every_master(
     cluster3: RedisCluster3, store_client: BoundedRedisCluster
 ) -> None:
-    keys = Keys(f"rev{os.getpid()}")
+    keys = Keys(f"rev{os.getpid()}", cluster=True)
     store = SessionStore(
         store_client, keys, Scripts(store_client), SessionTimes(DAY_MS, DAY_MS), int
     )

@@ -70,7 +70,12 @@ async def test_concurrent_script_calls_travel_in_one_pipeline(
         await _logged_in(store, client, user, 1)
     made = _count_pipelines(client, monkeypatch)
     results = await asyncio.gather(
-        *(store.rotate(user_id=u, session_id="s0", generation=0, grace_ms=10_000) for u in users)
+        *(
+            store.rotate(
+                user_id=u, session_id="s0", generation=0, grace_ms=10_000, user_agent="", ip=""
+            )
+            for u in users
+        )
     )
     assert [r.outcome for r in results] == [Rotation.ROTATED] * 50
     assert [r.generation for r in results] == [1] * 50

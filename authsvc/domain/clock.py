@@ -7,6 +7,7 @@ shift, which the scripts add to `TIME` (it is 0 outside tests)."""
 
 from __future__ import annotations
 
+import datetime
 import time
 
 
@@ -30,3 +31,9 @@ class Clock:
 
 
 system_clock = Clock()
+
+
+def rfc3339(seconds: float) -> str:
+    """A Unix time as RFC 3339 UTC with milliseconds (`2026-11-26T15:42:24.123Z`)."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

@@ -191,8 +191,9 @@ class AuthService:
         at = created.created_ms / 1000
         return self._tokens(account.user_id, session_id, 0, now=at, created_at=at, last_used_at=at)
 
-    async def refresh(self, refresh_token: str) -> TokenSet:
-        """Rotate a refresh token (see rotate_session.lua for grace and reuse)."""
+    async def refresh(self, refresh_token: str, *, ip: str, user_agent: str) -> TokenSet:
+        """Rotate a refresh token (see rotate_session.lua for grace and reuse); `ip` and
+        `user_agent` are the caller's, reported if the token turns out to be reused."""
         try:
             claims = self._refresh.parse(refresh_token)
         except InvalidGrant:
@@ -203,6 +204,8 @@ class AuthService:
             session_id=claims.session_id,
             generation=claims.generation,
             grace_ms=self._policy.refresh_grace * 1000,
+            user_agent=_user_agent(user_agent),
+            ip=ip,
         )
         if result.outcome is Rotation.REUSED:
             self._gate.revoked(claims.session_id, result.reason)

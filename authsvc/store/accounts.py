@@ -54,14 +54,19 @@ class AccountStore:
         await self._client.hset(
             user, mapping={"email": email, "pw": password_hash, "pv": 0, "c": now_ms}
         )
-        key = self._keys.email(email)
-        owner = await self._client.set(key, user_id, nx=True, get=True)
+        k = self._keys
+        keys = [k.email(email), *k.email_outbox(email)]
+        owner = await self._scripts.claim_email(
+            keys=keys, args=[user_id, email, k.bell, self._shift_ms()]
+        )
         if owner is None or owner == user_id:  # claimed (or claimed by a replay of this call)
             return True
         # A claim whose account is gone (a deletion that stopped before releasing the email)
         # is taken over, atomically: two signups for it cannot both win.
-        orphaned = not await self._client.exists(self._keys.user(str(owner)))
-        if orphaned and await self._scripts.swap_email(keys=[key], args=[owner, user_id]):
+        orphaned = not await self._client.exists(k.user(str(owner)))
+        if orphaned and await self._scripts.swap_email(
+            keys=keys, args=[owner, user_id, email, k.bell, self._shift_ms()]
+        ):
             return True
         await self._client.delete(user)
         return False
@@ -93,10 +98,18 @@ class AccountStore:
         deletion that stopped in between is taken over by the next signup (see `create`)."""
         k = self._keys
         ended: list[str] = await self._scripts.delete_account(
-            keys=[k.user(user_id), k.session_index(user_id), k.ended(user_id)],
-            args=[k.channel, user_id, call_id(), self._shift_ms()],
+            keys=[
+                k.user(user_id),
+                k.session_index(user_id),
+                k.ended(user_id),
+                *k.user_outbox(user_id),
+            ],
+            args=[k.channel, user_id, call_id(), self._shift_ms(), k.bell],
         )
-        await self._scripts.swap_email(keys=[k.email(email)], args=[user_id, ""])
+        await self._scripts.swap_email(
+            keys=[k.email(email), *k.email_outbox(email)],
+            args=[user_id, "", email, k.bell, self._shift_ms()],
+        )
         return ended
 
     async def find(self, email: str) -> AccountRecord | None:
@@ -123,6 +136,7 @@ class AccountStore:
                 k.user(account.user_id),
                 k.session_index(account.user_id),
                 k.ended(account.user_id),
+                *k.user_outbox(account.user_id),
             ],
             args=[
                 password_hash,
@@ -132,6 +146,7 @@ class AccountStore:
                 account.user_id,
                 call_id(),
                 self._shift_ms(),
+                k.bell,
             ],
         )
         return ended

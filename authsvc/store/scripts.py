@@ -57,5 +57,7 @@ class Scripts:
         self.rehash_password = Script(client, "rehash_password")
         self.throttle = Script(client, "throttle")
         self.delete_account = Script(client, "delete_account")
+        self.claim_email = Script(client, "claim_email")
         self.swap_email = Script(client, "swap_email")
         self.set_session_limit = Script(client, "set_session_limit")
+        self.ack_event = Script(client, "ack_event")

@@ -131,6 +131,7 @@ class SessionStore:
                 k.session(user_id, session_id),
                 k.user(user_id),
                 k.ended(user_id),
+                *k.user_outbox(user_id),
             ],
             args=[
                 session_id,
@@ -144,6 +145,7 @@ class SessionStore:
                 password_version,
                 self._shift_ms(),
                 policy,
+                k.bell,
             ],
         )
         if int(reply[0]) != 1:
@@ -151,12 +153,25 @@ class SessionStore:
         return NewSession(int(reply[1]), [str(victim) for victim in reply[2:]])
 
     async def rotate(
-        self, *, user_id: str, session_id: str, generation: int, grace_ms: int
+        self,
+        *,
+        user_id: str,
+        session_id: str,
+        generation: int,
+        grace_ms: int,
+        user_agent: str,
+        ip: str,
     ) -> RotateResult:
-        """Advance the session's refresh generation (see rotate_session.lua)."""
+        """Advance the session's refresh generation (see rotate_session.lua); `user_agent`
+        and `ip` are the request's, for the event of a reused token."""
         k = self._keys
         reply = await self._scripts.rotate_session(
-            keys=[k.session_index(user_id), k.session(user_id, session_id), k.ended(user_id)],
+            keys=[
+                k.session_index(user_id),
+                k.session(user_id, session_id),
+                k.ended(user_id),
+                *k.user_outbox(user_id),
+            ],
             args=[
                 session_id,
                 generation,
@@ -167,6 +182,9 @@ class SessionStore:
                 user_id,
                 self._shift_ms(),
                 call_id(),
+                k.bell,
+                user_agent,
+                ip,
             ],
         )
         outcome = Rotation(int(reply[0]))
@@ -183,8 +201,17 @@ class SessionStore:
         """End one session (`only`) or all of the user's but `keep`; returns those ended."""
         k = self._keys
         ended: list[str] = await self._scripts.revoke_sessions(
-            keys=[k.session_index(user_id), k.ended(user_id)],
-            args=[k.channel, only or "*", keep, reason, user_id, call_id(), self._shift_ms()],
+            keys=[k.session_index(user_id), k.ended(user_id), *k.user_outbox(user_id)],
+            args=[
+                k.channel,
+                only or "*",
+                keep,
+                reason,
+                user_id,
+                call_id(),
+                self._shift_ms(),
+                k.bell,
+            ],
         )
         return ended
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from authsvc.domain.clock import rfc3339
 from authsvc.domain.errors import InvalidRequest
 from authsvc.web.client_auth import require_client
 from authsvc.web.context import ADMIN, SETTINGS
-from authsvc.web.responses import json_response, rfc3339, session_json
+from authsvc.web.responses import json_response, session_json
 from authsvc.web.schemas import SessionLimit, read_body
 
 routes = web.RouteTableDef()

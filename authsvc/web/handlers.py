@@ -74,7 +74,12 @@ async def login(request: web.Request) -> web.Response:
 @routes.post("/v1/auth/refresh")
 async def refresh(request: web.Request) -> web.Response:
     body = await read_body(request, RefreshRequest)
-    return _tokens(await request.app[SERVICE].refresh(body.refresh_token))
+    tokens = await request.app[SERVICE].refresh(
+        body.refresh_token,
+        ip=request_ip(request),
+        user_agent=request.headers.get("User-Agent", ""),
+    )
+    return _tokens(tokens)
 
 
 @routes.post("/v1/auth/logout")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from authsvc.domain.clock import rfc3339
 from authsvc.domain.errors import AuthError, InvalidClient, InvalidToken, MethodNotAllowed
 from authsvc.domain.service import SessionInfo
 
@@ -17,12 +17,6 @@ _encode = msgspec.json.Encoder().encode
 def json_response(data: Any, status: int = 200) -> web.Response:
     """`data` as a JSON response."""
     return web.Response(body=_encode(data), status=status, content_type="application/json")
-
-
-def rfc3339(seconds: float) -> str:
-    """A Unix time as RFC 3339 UTC with milliseconds (`2026-11-26T15:42:24.123Z`)."""
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def session_json(session: SessionInfo, *, with_current: bool) -> dict[str, Any]:

@@ -7,8 +7,10 @@
 -- KEYS[2]  the new session's hash (KEYS[1] .. ':' .. ARGV[1])
 -- KEYS[3]  the user hash <prefix>:{u:<user_id>}:user (field 'lim': the user's own limit)
 -- KEYS[4]  the user's tombstones <prefix>:{u:<user_id>}:ended
+-- KEYS[5]  the outbox of this slot, only with webhooks on (see emit in _lib.lua)
 -- ARGV     session_id, idle_ttl_ms, max_ttl_ms, default limit, channel, user_id,
---          user_agent, ip, password version the login verified, shift_ms, policy
+--          user_agent, ip, password version the login verified, shift_ms, policy,
+--          doorbell channel ('' with webhooks off)
 -- Returns  {1, created_at_ms, evicted ids...}  created (or found by a replay)
 --          {0}                               the password changed since it was verified,
 --                                            or the account is gone: nothing written
@@ -35,10 +37,12 @@ if account[1] ~= version then
 end
 limit = tonumber(account[2]) or limit
 
-local live, dead = {}, {}
+local live, meta, dead = {}, {}, {}
 for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-  if alive(redis.call('HMGET', index .. ':' .. member, 'c', 'u'), now, idle_ttl, max_ttl) then
+  local f = redis.call('HMGET', index .. ':' .. member, 'c', 'u', 'ua', 'ip')
+  if alive(f, now, idle_ttl, max_ttl) then
     live[#live + 1] = member
+    meta[#meta + 1] = {f[3], f[4]}
   else
     dead[#dead + 1] = member
   end
@@ -51,11 +55,12 @@ for _, member in ipairs(dead) do
   redis.call('ZREM', index, member)
   redis.call('DEL', index .. ':' .. member)
 end
-local ctx = {index = index, ended = ended, now = now, call = '', channel = ARGV[5], user = ARGV[6]}
+local ctx = {index = index, ended = ended, now = now, call = '', channel = ARGV[5],
+             user = ARGV[6], outbox = KEYS[5], bell = ARGV[12]}
 local reply = {1, now}
 local i = 1
 while #live - i + 1 >= limit do
-  end_session(ctx, live[i], 'evicted')
+  end_session(ctx, live[i], 'evicted', meta[i])
   reply[#reply + 1] = live[i]
   i = i + 1
 end
@@ -66,4 +71,5 @@ redis.call('ZADD', index, now, sid)
 if redis.call('PTTL', index) < idle_ttl then
   redis.call('PEXPIRE', index, idle_ttl)
 end
+emit(ctx, 'session.created', session_data(ctx, sid, {user_agent, ip}))
 return reply
