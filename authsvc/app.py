@@ -58,7 +58,12 @@ from authsvc.web.middleware import observe
 from authsvc.web.oauth import routes as oauth_routes
 from authsvc.web.schemas import MAX_BODY
 from authsvc.webhooks.outbox import Outbox
-from authsvc.webhooks.worker import CLAIM_IDLE_MS, WebhookWorker
+from authsvc.webhooks.worker import (
+    CLAIM_IDLE_MS,
+    CLUSTER_SWEEP_EVERY,
+    SWEEP_EVERY,
+    WebhookWorker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -275,9 +280,7 @@ def _webhook_worker(
         secret=s.webhook_secret,
         metrics=metrics,
         clock=clock,
-        # A sweep counts the entries of every outbox: one on a single Redis, 16384 on a
-        # cluster, where the doorbell does the quick work and sweeps catch what it missed.
-        sweep_every=10.0 if keys.cluster else 1.0,
+        sweep_every=CLUSTER_SWEEP_EVERY if keys.cluster else SWEEP_EVERY,
     )
 
 

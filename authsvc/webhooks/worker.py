@@ -33,9 +33,15 @@ FIRST_RETRY = 1.0  # seconds
 MAX_RETRY = 30.0
 RETRY_FOR_MS = 86_400_000  # an event that has failed for this long is given up (logged)
 ATTEMPT_TIMEOUT = 10.0  # seconds per POST
-CLAIM_IDLE_MS = 60_000  # an event untouched this long is taken over by another consumer
 MAX_HELD = 1000  # events one worker holds at once; the rest wait in Redis
-SENDERS = 8  # POSTs in flight at once
+SENDERS = 16  # POSTs in flight at once: a round of tries, which lasts ATTEMPT_TIMEOUT at most
+# A sweep counts the entries of every outbox: one on a single Redis, 16384 on a cluster,
+# where the doorbell does the quick work and sweeps catch what it missed.
+SWEEP_EVERY = 1.0
+CLUSTER_SWEEP_EVERY = 10.0
+# An event untouched this long is taken over by another consumer. A worker touches what it
+# holds at every sweep, which comes at least once per sweep interval and round of tries.
+CLAIM_IDLE_MS = 60_000
 
 
 def backoff(failures: int, rand: Callable[[], float] = random.random) -> float:
@@ -129,7 +135,10 @@ class WebhookWorker:
             if room <= 0:
                 break
             stale = await self._outbox.reclaim(stream, room)
-            fresh = [] if self._failures else await self._outbox.take(stream, room - len(stale))
+            # While the receiver fails, nothing new is taken, but for one event to try it
+            # with when nothing else is held.
+            want = room - len(stale) if not self._failures else int(not self._held and not stale)
+            fresh = await self._outbox.take(stream, want) if want > 0 else []
             self._metrics.webhook_queued.inc(len(fresh))
             for event in (*stale, *fresh):
                 self._held.setdefault(event.webhook_id, _Held(event, due=now))
@@ -138,12 +147,11 @@ class WebhookWorker:
         if now < self._circuit_until:
             return
         due = sorted((h for h in self._held.values() if h.due <= now), key=lambda h: h.event.at_ms)
-        if self._failures:  # the receiver has been failing: one try, to see if it is back
-            due = due[:1]
+        # One round of tries at a time; while the receiver fails, one try to see if it is back.
+        due = due[: 1 if self._failures else SENDERS]
         if not due:
             return
-        gate = asyncio.Semaphore(SENDERS)
-        results = await asyncio.gather(*(self._attempt(held, gate) for held in due))
+        results = await asyncio.gather(*(self._attempt(held) for held in due))
         now = asyncio.get_running_loop().time()
         if any(results):
             if self._failures:
@@ -156,11 +164,9 @@ class WebhookWorker:
         if self._failures == 1:
             log.warning("webhook receiver failing; retrying with backoff")
 
-    async def _attempt(self, held: _Held, gate: asyncio.Semaphore) -> bool:
+    async def _attempt(self, held: _Held) -> bool:
         event = held.event
-        async with gate:
-            delivered = await self._post(event)
-        if delivered:
+        if await self._post(event):
             await self._outbox.done(event)
             del self._held[event.webhook_id]
             self._metrics.webhook_delivered.inc()
