@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import os
 import time
 from collections import Counter
@@ -314,6 +315,35 @@ async def test_events_survive_an_authsvc_restart(
         await receiver.wait_for(2, within=15)
         assert sorted(e["type"] for e in receiver.accepted) == ["session.created", "user.created"]
         assert await asyncio.to_thread(second.stop) == 0
+
+
+async def test_the_example_receiver_verifies_deliveries_from_the_embedded_default(
+    tmp_path: Path,
+) -> None:
+    receiver_log = tmp_path / "receiver.log"
+    program = ("examples/webhook_receiver.py",)
+    with Service({"WEBHOOK_SECRET": SECRET}, log=receiver_log, program=program) as example:
+        await asyncio.to_thread(example.wait_ready)
+        env = {
+            "AUTHSVC_JWT_SECRET": "x" * 32,
+            "AUTHSVC_WEBHOOK_URL": f"{example.url}/webhooks",
+            "AUTHSVC_WEBHOOK_SECRET": SECRET,
+        }
+        with Service(env, log=tmp_path / "authsvc.log") as authsvc:
+            await asyncio.to_thread(authsvc.wait_ready)
+            await _signup_and_login(authsvc.url, "example@example.com")
+            deadline = time.monotonic() + 10
+            while len(printed := _events_in(receiver_log)) < 2:
+                assert time.monotonic() < deadline, receiver_log.read_text()
+                await asyncio.sleep(0.05)
+            assert await asyncio.to_thread(authsvc.stop) == 0
+        assert sorted(e["type"] for e in printed) == ["session.created", "user.created"]
+        assert all(e["id"].startswith("evt_") for e in printed)
+
+
+def _events_in(log: Path) -> list[dict[str, Any]]:
+    lines = log.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith('{"id"')]
 
 
 async def _signup_and_login(url: str, email: str) -> None:
