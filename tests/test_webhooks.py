@@ -47,6 +47,7 @@ class Receiver:
     accepted: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     ids: list[str] = dataclasses.field(default_factory=list)
     refused: list[str] = dataclasses.field(default_factory=list)  # webhook ids, while down
+    rejected_user_agent: str | None = None  # events carrying it are answered 422
     forged: int = 0
 
     @property
@@ -63,6 +64,9 @@ class Receiver:
         if not self.up:
             self.refused.append(request.headers["webhook-id"])
             return web.Response(status=503)
+        if self.rejected_user_agent and event["data"].get("user_agent") == self.rejected_user_agent:
+            self.refused.append(request.headers["webhook-id"])
+            return web.Response(status=422)
         self.accepted.append(event)
         self.ids.append(request.headers["webhook-id"])
         return web.Response(status=204)
@@ -271,9 +275,86 @@ async def test_an_event_that_fails_for_a_day_is_given_up(
     assert [e["type"] for e in receiver.accepted] == ["session.created"]
 
 
+async def test_a_replayed_takeover_of_an_email_answers_as_the_first_and_queues_once(
+    hook_settings: Settings,
+) -> None:
+    from authsvc.store import client as redis_client
+    from authsvc.store.scripts import Scripts
+
+    client = redis_client.connect(
+        hook_settings.redis_url or "", cluster=hook_settings.redis_cluster
+    )
+    keys = Keys(hook_settings.key_prefix, cluster=hook_settings.redis_cluster, events=True)
+    email = "orphan@example.com"
+    try:
+        scripts = Scripts(client)
+        await client.set(keys.email(email), "gone")
+        claim = [keys.email(email), *keys.email_outbox(email)]
+        args = ["gone", "newcomer", email, keys.bell, 0]
+        # The second call is what redis-py sends after a lost reply.
+        assert [await scripts.swap_email(keys=claim, args=args) for _ in range(2)] == [1, 1]
+        entries: Any = await client.xrange(keys.email_outbox(email)[0])
+        assert [fields["t"] for _, fields in entries] == ["user.created"]
+    finally:
+        await client.aclose()
+
+
 def test_backoff_doubles_with_jitter_and_is_capped() -> None:
     assert [backoff(n, lambda: 1.0) for n in (1, 2, 3, 6, 20)] == [1, 2, 4, 30, 30]
     assert backoff(3, lambda: 0.0) == 2  # jitter: between half and all of the delay
+    assert backoff(20, lambda: 1.0, cap=worker.CIRCUIT_MAX) == worker.CIRCUIT_MAX
+
+
+async def test_an_event_the_receiver_refuses_holds_up_no_other(
+    make_client: ClientFactory, hook_settings: Settings, receiver: Receiver
+) -> None:
+    # A stolen token's holder picks a user agent the receiver rejects: the events after it
+    # (the reuse alert among them) must still arrive.
+    receiver.rejected_user_agent = "Poison/1.0"
+    app = await make_client(hook_settings)
+    await signup(app, "poison@example.com")
+    await login(app, "poison@example.com", **{"User-Agent": "Poison/1.0"})
+    deadline = time.monotonic() + 10
+    while len(receiver.refused) < 2:  # refused, and tried again on its own schedule
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    for _ in range(5):
+        await login(app, "poison@example.com")
+    await receiver.wait_for(6)  # user.created and 5 logins (the eviction carries the agent too)
+    assert len(receiver.of("session.created")) == 5
+
+
+async def test_an_unreadable_outbox_entry_is_dropped_and_counted(
+    make_client: ClientFactory, hook_settings: Settings, receiver: Receiver
+) -> None:
+    app = await make_client(hook_settings)
+    keys = Keys(hook_settings.key_prefix, cluster=hook_settings.redis_cluster, events=True)
+    r = raw_redis(hook_settings, decode_responses=True)
+    try:
+        await r.xadd(keys.user_outbox("someone")[0], {"t": "session.created", "d": "{not json"})
+    finally:
+        await r.aclose()
+    await signup(app, "after@example.com")
+    await receiver.wait_for(1)
+    deadline = time.monotonic() + 10
+    while (
+        "authsvc_webhook_events_dropped_total 1.0" not in await (await app.get("/metrics")).text()
+    ):
+        assert time.monotonic() < deadline, "the unreadable entry was not dropped"
+        await asyncio.sleep(0.05)
+    assert [e["type"] for e in receiver.accepted] == ["user.created"]
+
+
+async def test_webhook_ids_differ_between_installations_on_one_redis(
+    make_client: ClientFactory, hook_settings: Settings, receiver: Receiver
+) -> None:
+    one = await make_client(hook_settings)
+    two = await make_client(with_(hook_settings, key_prefix=hook_settings.key_prefix + "b"))
+    await asyncio.gather(signup(one, "same@example.com"), signup(two, "same@example.com"))
+    await receiver.wait_for(2)
+    first, second = receiver.ids
+    assert first != second
+    assert first.split("_")[1] != second.split("_")[1]  # the salts, not only the entry ids
 
 
 def test_cluster_outboxes_cover_every_slot_with_one_tag_each() -> None:

@@ -3,12 +3,16 @@
 -- KEYS[2]  the outbox of this slot, only with webhooks on (see emit in _lib.lua)
 -- ARGV     expected user id, new user id or '' to release the email, the email, doorbell
 --          channel ('' with webhooks off), shift_ms
--- Returns  1 when swapped, 0 when the email named someone else (nothing written)
--- Time     Redis (now_ms), for the event. A replay finds the new value and answers 0,
---          which callers treat as done.
+-- Returns  1 when swapped (or found swapped: a replay of this call), 0 when the email named
+--          someone else (nothing written)
+-- Time     Redis (now_ms), for the event.
 -- A new owner is a new account (one whose claim was left behind by a deletion that stopped
 -- half-way is taken over): it gets its user.created event here.
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+local current = redis.call('GET', KEYS[1])
+if current == (ARGV[2] ~= '' and ARGV[2] or false) then
+  return 1
+end
+if current ~= ARGV[1] then
   return 0
 end
 if ARGV[2] == '' then
