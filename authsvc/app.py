@@ -155,16 +155,30 @@ async def _access_log(app: web.Application) -> AsyncIterator[None]:
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    if settings.redis_url is None:
-        app[REDIS] = redis_client.embedded()
-        log.info("storage: embedded (in-process fakeredis); data lasts as long as this process")
-    else:
-        app[REDIS] = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
+    client: redis_client.Client
+    if settings.redis_sentinels:
+        client = redis_client.connect_sentinel(
+            settings.redis_sentinels, settings.redis_sentinel_service
+        )
+        log.info("storage: Redis through Sentinel (%s)", settings.redis_sentinel_service)
+    elif settings.redis_url is not None:
+        client = redis_client.connect(settings.redis_url, cluster=settings.redis_cluster)
         log.info("storage: %s", "Redis Cluster" if settings.redis_cluster else "Redis")
+    else:
+        client = redis_client.embedded()
+        log.info("storage: embedded (in-process fakeredis); data lasts as long as this process")
+    app[REDIS] = client
+    # On a single primary (directly or through Sentinel), durable changes wait for a
+    # replica while it has any; a cluster's scripts run without (see the README).
+    watcher = None
+    if isinstance(client, redis_client.BoundedRedis) and not settings.embedded:
+        watcher = asyncio.create_task(client.watch_replicas(), name="authsvc.replicas")
     yield
+    if watcher is not None:
+        await _stop(watcher)
     try:
         async with asyncio.timeout(STOP_WAIT):
-            await app[REDIS].aclose()
+            await redis_client.close(client)
     except TimeoutError:
         log.warning("storage connections did not close within %s s", STOP_WAIT)
 

@@ -26,6 +26,8 @@ class Settings:
 
     redis_url: str | None = None
     redis_cluster: bool = False
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_service: str = "mymaster"
     key_prefix: str = "authsvc"
     session_limit: int = 5
     session_limit_policy: str = "evict"
@@ -53,7 +55,7 @@ class Settings:
     @property
     def embedded(self) -> bool:
         """True when no Redis is configured and storage runs in-process."""
-        return self.redis_url is None
+        return self.redis_url is None and not self.redis_sentinels
 
 
 # (minimum, maximum) for integer settings.
@@ -126,6 +128,8 @@ def _convert(name: str, value: Any) -> Any:
         if not low <= number <= high:
             raise SettingsError(f"{var}: must be between {low} and {high}, got {number}")
         return number
+    if name == "redis_sentinels":
+        return _sentinels(var, value if isinstance(value, list) else text.split(","))
     if name == "trusted_proxies":
         items = value if isinstance(value, list) else text.replace(",", " ").split()
         try:
@@ -141,9 +145,23 @@ def _convert(name: str, value: Any) -> Any:
         if text not in _CHOICES[name]:
             raise SettingsError(f"{var}: expected one of {', '.join(_CHOICES[name])}, got {text!r}")
         return text
-    if not text and name not in ("jwt_secret", "webhook_secret"):
+    if not text and name != "jwt_secret":
         raise SettingsError(f"{var}: must not be empty")
-    return str(value) if name in ("jwt_secret", "webhook_secret") else text
+    return str(value) if name == "jwt_secret" else text
+
+
+def _sentinels(var: str, items: list[Any]) -> tuple[tuple[str, int], ...]:
+    """`host:port` items (`[v6 address]:port` too) as (host, port) pairs."""
+    found = []
+    for item in (str(i).strip() for i in items):
+        host, _, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or " " in host:
+            raise SettingsError(f"{var}: expected host:port[,host:port...], got {item!r}")
+        found.append((host, int(port)))
+    if not found:
+        raise SettingsError(f"{var}: expected host:port[,host:port...]")
+    return tuple(found)
 
 
 def _check(s: Settings) -> None:
@@ -151,6 +169,8 @@ def _check(s: Settings) -> None:
         raise SettingsError("AUTHSVC_REDIS_URL: must start with redis:// or rediss://")
     if s.redis_cluster and s.redis_url is None:
         raise SettingsError("AUTHSVC_REDIS_CLUSTER: needs AUTHSVC_REDIS_URL")
+    if s.redis_sentinels and s.redis_url is not None:
+        raise SettingsError("AUTHSVC_REDIS_SENTINELS: set either it or AUTHSVC_REDIS_URL, not both")
     if s.jwt_secret is not None and s.jwks_file is not None:
         raise SettingsError("AUTHSVC_JWT_SECRET: set either it or AUTHSVC_JWKS_FILE, not both")
     if s.jwt_secret is not None and len(s.jwt_secret.encode()) < 32:
@@ -182,7 +202,7 @@ def _check_webhooks(s: Settings) -> None:
         raise SettingsError("AUTHSVC_WEBHOOK_URL: must be an http:// or https:// URL")
     if s.webhook_secret is None:
         raise SettingsError("AUTHSVC_WEBHOOK_SECRET: required with AUTHSVC_WEBHOOK_URL")
-    secret = s.webhook_secret.strip()
+    secret = s.webhook_secret
     encoded = secret.removeprefix(_SECRET_PREFIX)
     try:  # padded or not, as generators differ
         key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)

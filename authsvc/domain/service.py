@@ -83,6 +83,8 @@ class Principal(NamedTuple):
     user_id: str
     session_id: str
     email: str
+    # The session already ended, for the reason the caller allowed (a retried logout).
+    ended: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -229,25 +231,34 @@ class AuthService:
             last_used_at=result.last_used_ms / 1000,
         )
 
-    async def authenticate(self, token: str) -> Principal:
+    async def authenticate(self, token: str, *, ended_by: str = "") -> Principal:
         """The caller behind a Bearer token; InvalidToken if it is not valid now (with why
-        its session ended, when it did: also for a token past its own `exp`)."""
+        its session ended, when it did: also for a token past its own `exp`). With
+        `ended_by`, a session that ended for that reason is a Principal too (`ended`): a
+        logout retried by its client."""
         try:
             claims: AccessClaims = self._access.verify(token, self._clock())
         except TokenExpired as expired:
             ended = expired.claims
             reason = await self._gate.why_ended(ended.user_id, ended.session_id)
             raise InvalidToken("token expired", reason=reason) from None
-        email = await self._gate.admit(claims.user_id, claims.session_id)
+        try:
+            email = await self._gate.admit(claims.user_id, claims.session_id)
+        except InvalidToken as refused:
+            if not ended_by or refused.reason != ended_by:
+                raise
+            return Principal(claims.user_id, claims.session_id, "", ended=True)
         return Principal(claims.user_id, claims.session_id, email)
 
     async def logout(self, principal: Principal) -> None:
-        """End the caller's session."""
-        await self.end_sessions(principal.user_id, "logout", only=principal.session_id)
+        """End the caller's session (again, for a retry: see revoke_sessions.lua)."""
+        touch = principal.session_id if principal.ended else ""
+        await self.end_sessions(principal.user_id, "logout", only=principal.session_id, touch=touch)
 
     async def logout_all(self, principal: Principal) -> None:
-        """End every session of the caller."""
-        await self.end_sessions(principal.user_id, "logout_all")
+        """End every session of the caller (what is left, for a retry)."""
+        touch = principal.session_id if principal.ended else ""
+        await self.end_sessions(principal.user_id, "logout_all", touch=touch)
 
     async def end_session(self, principal: Principal, session_id: str) -> None:
         """End one of the caller's sessions; NotFound if it is not theirs."""
@@ -345,10 +356,16 @@ class AuthService:
         return self._clock()
 
     async def end_sessions(
-        self, user_id: str, reason: str, *, only: str | None = None, keep: str = ""
+        self,
+        user_id: str,
+        reason: str,
+        *,
+        only: str | None = None,
+        keep: str = "",
+        touch: str = "",
     ) -> int:
         """End one session of the user (`only`) or all but `keep`; returns how many ended."""
-        ended = await self._sessions.revoke(user_id, reason, only=only, keep=keep)
+        ended = await self._sessions.revoke(user_id, reason, only=only, keep=keep, touch=touch)
         for session_id in ended:
             self._gate.revoked(session_id, reason)
         self._metrics.logouts.labels(reason).inc(len(ended))

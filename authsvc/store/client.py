@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from typing import Any, TypeAlias
 
@@ -12,9 +13,10 @@ from fakeredis.aioredis import FakeAsyncRedisConnection
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import ClusterError, RedisClusterException, ResponseError
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -31,6 +33,14 @@ POOL_WAIT = 1.0
 CLUSTER_REDIRECT_RETRIES = (0.05, 0.2)
 # How Redis refuses a script that reaches a key of its slot that has already moved.
 NON_LOCAL_KEY = "Script attempted to access a non local key"
+# Where the primary has replicas, a change that ends sessions is acknowledged only once a
+# replica has it (WAIT), within this many milliseconds (well inside SOCKET_TIMEOUT).
+REPLICA_WAIT_MS = 300
+
+
+class NotReplicated(RedisConnectionError):
+    """The primary ran the change but no replica confirmed it in time: a failover now could
+    undo it. Answered 503; the client retries, and the scripts are safe to replay."""
 
 
 # Retries nothing (redis-py adds `retry_on_error` to a Retry's errors: pass it empty too).
@@ -87,6 +97,24 @@ class BoundedRedis(aioredis.Redis):
         self._gate = asyncio.Semaphore(POOL_SIZE)
         self._batch: list[_Call] = []
         self._senders: set[asyncio.Task[None]] = set()
+        # Replicas the primary reported at the last look (`watch_replicas`); while there are
+        # any, durable calls end their batch with WAIT.
+        self.replicas = 0
+
+    async def watch_replicas(self, every: float = 1.0) -> None:
+        """Keep `replicas` up to date, until cancelled."""
+        while True:
+            with contextlib.suppress(RedisError):
+                info = await self.info("replication")
+                # Online ones only: one still in its first sync acknowledges nothing yet.
+                self.replicas = sum(
+                    1
+                    for name, replica in info.items()
+                    if name.startswith("slave")
+                    and isinstance(replica, dict)
+                    and replica.get("state") == "online"
+                )
+            await asyncio.sleep(every)
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         await _take_turn(self._gate)
@@ -95,14 +123,17 @@ class BoundedRedis(aioredis.Redis):
         finally:
             self._gate.release()
 
-    def evalsha_batched(self, sha: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+    def evalsha_batched(
+        self, sha: str, keys: list[str], args: list[Any], *, durable: bool = False
+    ) -> asyncio.Future[Any]:
         """EVALSHA in the next batch; the future has the reply or the error (NoScriptError
-        when the script is not loaded: it did not run)."""
+        when the script is not loaded: it did not run). A `durable` call, where the primary
+        has replicas, succeeds only once a replica has its writes (else NotReplicated)."""
         loop = asyncio.get_running_loop()
         if not self._batch:
             loop.call_soon(self._send_batch)
         future: asyncio.Future[Any] = loop.create_future()
-        self._batch.append(_Call(sha, keys, args, future))
+        self._batch.append(_Call(sha, keys, args, future, durable))
         return future
 
     def _send_batch(self) -> None:
@@ -118,7 +149,19 @@ class BoundedRedis(aioredis.Redis):
                 pipe = self.pipeline(transaction=False)
                 for call in batch:
                     pipe.evalsha(call.sha, len(call.keys), *call.keys, *call.args)
+                # WAIT covers every write made before it on its connection: the whole batch.
+                wait = self.replicas > 0 and any(call.durable for call in batch)
+                if wait:
+                    pipe.wait(1, REPLICA_WAIT_MS)
                 replies = await pipe.execute(raise_on_error=False)
+                if wait:
+                    confirmed = replies.pop()
+                    if not isinstance(confirmed, int) or confirmed < 1:
+                        lost = NotReplicated("no replica confirmed the change in time")
+                        replies = [
+                            lost if call.durable and not isinstance(reply, Exception) else reply
+                            for call, reply in zip(batch, replies, strict=True)
+                        ]
             finally:
                 self._gate.release()
         except Exception as exc:
@@ -145,6 +188,7 @@ class _Call:
     keys: list[str]
     args: list[Any]
     future: asyncio.Future[Any]
+    durable: bool
 
 
 class BoundedRedisCluster(RedisCluster):
@@ -260,6 +304,36 @@ def connect(url: str, *, cluster: bool) -> Client:
     )
 
 
+def connect_sentinel(sentinels: tuple[tuple[str, int], ...], service: str) -> BoundedRedis:
+    """A client for the primary that `sentinels` name for `service`: each new connection
+    asks them where it is, and one that finds its server demoted (READONLY) or gone is
+    dropped, so the client follows a failover by itself. No primary: ConnectionError."""
+    timeouts: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+    }
+    manager = Sentinel(list(sentinels), sentinel_kwargs=dict(timeouts))  # type: ignore[no-untyped-call]
+    client: BoundedRedis = manager.master_for(
+        service,
+        redis_class=BoundedRedis,
+        max_connections=POOL_SIZE,
+        retry=_retry(),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        decode_responses=True,
+        health_check_interval=15,
+        **timeouts,
+    )
+    return client
+
+
+async def close(client: Client) -> None:
+    """Close a client, and the Sentinel clients behind it if it has them."""
+    await client.aclose()
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool):
+        await pool.sentinel_manager.aclose()
+
+
 def embedded() -> BoundedRedis:
     """An in-process Redis (fakeredis with Lua), for running without a Redis server: the
     same bounded, waiting, pipelining client as for a real server. (fakeredis's own client
@@ -295,6 +369,13 @@ async def pubsub_client(client: Client, attempt: int) -> tuple[str, aioredis.Red
         raise TypeError("cluster clients come from connect()")
     pool = client.connection_pool
     kwargs = {**pool.connection_kwargs, "retry": NO_RETRY, "retry_on_error": []}
+    own: aioredis.ConnectionPool
+    if isinstance(pool, SentinelConnectionPool):  # on the primary, wherever it is now
+        kwargs.pop("connection_pool")
+        own = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            pool.service_name, pool.sentinel_manager, max_connections=1, **kwargs
+        )
+        return "redis (sentinel)", aioredis.Redis.from_pool(own)
     own = aioredis.ConnectionPool(
         connection_class=pool.connection_class, max_connections=1, **kwargs
     )

@@ -196,9 +196,17 @@ class SessionStore:
         return RotateResult(outcome, reason="reuse_detected")
 
     async def revoke(
-        self, user_id: str, reason: str, *, only: str | None = None, keep: str = ""
+        self,
+        user_id: str,
+        reason: str,
+        *,
+        only: str | None = None,
+        keep: str = "",
+        touch: str = "",
     ) -> list[str]:
-        """End one session (`only`) or all of the user's but `keep`; returns those ended."""
+        """End one session (`only`) or all of the user's but `keep`; returns those ended.
+        `touch`: a session that already ended for `reason`, whose ending a client retries
+        (see revoke_sessions.lua)."""
         k = self._keys
         ended: list[str] = await self._scripts.revoke_sessions(
             keys=[k.session_index(user_id), k.ended(user_id), *k.user_outbox(user_id)],
@@ -211,6 +219,7 @@ class SessionStore:
                 call_id(),
                 self._shift_ms(),
                 k.bell,
+                touch,
             ],
         )
         return ended

@@ -25,7 +25,7 @@ routes = web.RouteTableDef()
 _OPENAPI = resources.files("authsvc.web").joinpath("openapi.json").read_bytes()
 
 
-async def _principal(request: web.Request) -> Principal:
+async def _principal(request: web.Request, *, ended_by: str = "") -> Principal:
     headers = request.headers.getall("Authorization", ())
     if not headers:
         raise InvalidToken("Bearer token required", presented=False)
@@ -34,7 +34,7 @@ async def _principal(request: web.Request) -> Principal:
     scheme, _, token = headers[0].partition(" ")
     if scheme.lower() != "bearer" or not token or len(token) > MAX_ACCESS_TOKEN_LENGTH:
         raise InvalidToken("malformed Authorization header")
-    return await request.app[SERVICE].authenticate(token.strip())
+    return await request.app[SERVICE].authenticate(token.strip(), ended_by=ended_by)
 
 
 def _tokens(tokens: TokenSet) -> web.Response:
@@ -84,13 +84,14 @@ async def refresh(request: web.Request) -> web.Response:
 
 @routes.post("/v1/auth/logout")
 async def logout(request: web.Request) -> web.Response:
-    await request.app[SERVICE].logout(await _principal(request))
+    # A retry of a logout (its answer lost, or 503) finds the session ended by logout: 204.
+    await request.app[SERVICE].logout(await _principal(request, ended_by="logout"))
     return web.Response(status=204)
 
 
 @routes.post("/v1/auth/logout-all")
 async def logout_all(request: web.Request) -> web.Response:
-    await request.app[SERVICE].logout_all(await _principal(request))
+    await request.app[SERVICE].logout_all(await _principal(request, ended_by="logout_all"))
     return web.Response(status=204)
 
 
