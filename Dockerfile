@@ -5,8 +5,8 @@
 #   docker build -t authsvc .
 #   docker run --init -p 8080:8080 authsvc          # embedded storage, key set in /app/.authsvc
 #
-# Stage 1 builds a wheel of the project and of every dependency, so the runtime stage
-# installs from local files only and never needs a compiler or the network.
+# Stage 1 installs the project and its dependencies into a virtualenv; the runtime stage
+# copies only that virtualenv, so it never needs a compiler, pip's cache or the network.
 
 FROM python:3.11-slim AS builder
 
@@ -20,19 +20,19 @@ COPY pyproject.toml README.m[d] ./
 COPY authsvc ./authsvc
 
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip wheel --wheel-dir /wheels .
+    python -m venv /opt/authsvc \
+    && /opt/authsvc/bin/pip install .
 
 
 FROM python:3.11-slim AS runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/authsvc/bin:$PATH \
     AUTHSVC_DATA_DIR=/app/.authsvc
 
-# The wheels are bind-mounted rather than copied, so they never land in an image layer.
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels authsvc
+# The same base image, so the virtualenv's interpreter links resolve unchanged.
+COPY --from=builder /opt/authsvc /opt/authsvc
 
 # A fixed numeric uid, so orchestrators can check runAsNonRoot and volumes can be chowned to it.
 RUN groupadd --system --gid 10001 authsvc \

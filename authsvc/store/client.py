@@ -327,11 +327,14 @@ def connect_sentinel(sentinels: tuple[tuple[str, int], ...], service: str) -> Bo
 
 
 async def close(client: Client) -> None:
-    """Close a client, and the Sentinel clients behind it if it has them."""
-    await client.aclose()
+    """Close a client, and the Sentinel clients behind it if it has them (even when closing
+    the client itself fails or is cut short by a timeout)."""
     pool = getattr(client, "connection_pool", None)
-    if isinstance(pool, SentinelConnectionPool):
-        await pool.sentinel_manager.aclose()
+    try:
+        await client.aclose()
+    finally:
+        if isinstance(pool, SentinelConnectionPool):
+            await pool.sentinel_manager.aclose()
 
 
 def embedded() -> BoundedRedis:
