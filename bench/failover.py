@@ -91,7 +91,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="authsvc-failover-") as tmp:
         workdir = Path(tmp)
         topology = SentinelSet(workdir, down_after_ms=1000)
-        topology.start()
         port = free_port()
         env = {
             "AUTHSVC_REDIS_SENTINELS": topology.env_value,
@@ -101,8 +100,12 @@ def main() -> None:
             "AUTHSVC_LOG_LEVEL": "warning",
         }
         argv = [str(VENV_BIN / "authsvc"), "serve", "--port", str(port)]
-        authsvc = spawn("authsvc", argv, core=0, port=port, log=workdir / "authsvc.log", env=env)
+        authsvc = None
         try:
+            topology.start()
+            authsvc = spawn(
+                "authsvc", argv, core=0, port=port, log=workdir / "authsvc.log", env=env
+            )
             wait_http(authsvc, "/readyz")
             sessions = [login(port, signup(port, f"failover{i}")) for i in range(CLIENTS)]
             rows = []
@@ -123,7 +126,8 @@ def main() -> None:
                 f" ({CLIENTS} clients refreshing back to back, down-after-milliseconds 1000)"
             )
         finally:
-            authsvc.stop()
+            if authsvc is not None:
+                authsvc.stop()
             topology.stop()
 
 

@@ -109,7 +109,8 @@ class SentinelSet:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGCONT)
             process.kill()
-            process.wait(timeout=10)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # stop the others anyway
+                process.wait(timeout=10)
         self._servers.clear()
         self._sentinels.clear()
 

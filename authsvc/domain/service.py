@@ -251,14 +251,21 @@ class AuthService:
         return Principal(claims.user_id, claims.session_id, email)
 
     async def logout(self, principal: Principal) -> None:
-        """End the caller's session (again, for a retry: see revoke_sessions.lua)."""
-        touch = principal.session_id if principal.ended else ""
-        await self.end_sessions(principal.user_id, "logout", only=principal.session_id, touch=touch)
+        """End the caller's session. A retry (its session already ended by logout) is
+        acknowledged once the ending is on a replica."""
+        if principal.ended:
+            await self._sessions.replicated()
+            return
+        await self.end_sessions(principal.user_id, "logout", only=principal.session_id)
 
     async def logout_all(self, principal: Principal) -> None:
-        """End every session of the caller (what is left, for a retry)."""
-        touch = principal.session_id if principal.ended else ""
-        await self.end_sessions(principal.user_id, "logout_all", touch=touch)
+        """End every session of the caller. A retry ends nothing more (a token of an ended
+        session must not end the sessions made since): it is acknowledged once the first
+        try is on a replica."""
+        if principal.ended:
+            await self._sessions.replicated()
+            return
+        await self.end_sessions(principal.user_id, "logout_all")
 
     async def end_session(self, principal: Principal, session_id: str) -> None:
         """End one of the caller's sessions; NotFound if it is not theirs."""
@@ -362,10 +369,9 @@ class AuthService:
         *,
         only: str | None = None,
         keep: str = "",
-        touch: str = "",
     ) -> int:
         """End one session of the user (`only`) or all but `keep`; returns how many ended."""
-        ended = await self._sessions.revoke(user_id, reason, only=only, keep=keep, touch=touch)
+        ended = await self._sessions.revoke(user_id, reason, only=only, keep=keep)
         for session_id in ended:
             self._gate.revoked(session_id, reason)
         self._metrics.logouts.labels(reason).inc(len(ended))

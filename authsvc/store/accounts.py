@@ -8,7 +8,7 @@ import dataclasses
 import secrets
 from collections.abc import Callable
 
-from authsvc.store.client import Client
+from authsvc.store.client import Client, replicated
 from authsvc.store.keys import Keys
 from authsvc.store.scripts import Scripts
 from authsvc.store.sessions import call_id
@@ -110,6 +110,7 @@ class AccountStore:
             keys=[k.email(email), *k.email_outbox(email)],
             args=[user_id, "", email, k.bell, self._shift_ms()],
         )
+        await replicated(self._client, k.replication_marker)
         return ended
 
     async def find(self, email: str) -> AccountRecord | None:
@@ -149,6 +150,7 @@ class AccountStore:
                 k.bell,
             ],
         )
+        await replicated(self._client, k.replication_marker)
         return ended
 
     async def rehash(self, account: AccountRecord, password_hash: str) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import logging
 from typing import Any, TypeAlias
 
 import fakeredis
@@ -20,6 +20,8 @@ from redis.exceptions import ClusterError, RedisClusterException, RedisError, Re
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+log = logging.getLogger(__name__)
+
 Client: TypeAlias = "aioredis.Redis | RedisCluster"
 
 # Bounded everywhere: a dead Redis turns into a 503 within about two seconds.
@@ -34,8 +36,10 @@ CLUSTER_REDIRECT_RETRIES = (0.05, 0.2)
 # How Redis refuses a script that reaches a key of its slot that has already moved.
 NON_LOCAL_KEY = "Script attempted to access a non local key"
 # Where the primary has replicas, a change that ends sessions is acknowledged only once a
-# replica has it (WAIT), within this many milliseconds (well inside SOCKET_TIMEOUT).
+# replica has it (`replicated`), within this many milliseconds (well inside SOCKET_TIMEOUT).
 REPLICA_WAIT_MS = 300
+# Sentinel lookups: short, and tried once per Sentinel (the client's own retries try again).
+SENTINEL_TIMEOUT = 0.3
 
 
 class NotReplicated(RedisConnectionError):
@@ -97,24 +101,66 @@ class BoundedRedis(aioredis.Redis):
         self._gate = asyncio.Semaphore(POOL_SIZE)
         self._batch: list[_Call] = []
         self._senders: set[asyncio.Task[None]] = set()
-        # Replicas the primary reported at the last look (`watch_replicas`); while there are
-        # any, durable calls end their batch with WAIT.
+        # Online replicas the primary reported at the last look (`watch_replicas`). Behind
+        # Sentinel there are replicas by design: `replicated` always waits there.
         self.replicas = 0
+        self.behind_sentinel = False
 
     async def watch_replicas(self, every: float = 1.0) -> None:
-        """Keep `replicas` up to date, until cancelled."""
+        """Keep `replicas` up to date, and drop every connection when the server they
+        reach is no longer a primary (a demoted one answers reads with stale data), until
+        cancelled."""
+        failing = False
         while True:
-            with contextlib.suppress(RedisError):
+            try:
                 info = await self.info("replication")
-                # Online ones only: one still in its first sync acknowledges nothing yet.
-                self.replicas = sum(
-                    1
-                    for name, replica in info.items()
-                    if name.startswith("slave")
-                    and isinstance(replica, dict)
-                    and replica.get("state") == "online"
-                )
+            except RedisError as exc:
+                if not failing:
+                    log.warning("cannot read INFO replication (%r): replica count kept", exc)
+                failing = True
+            else:
+                failing = False
+                if info.get("role") != "master":
+                    log.warning(
+                        "storage is not a primary (role %s): reconnecting", info.get("role")
+                    )
+                    await self.connection_pool.disconnect(inuse_connections=True)
+                else:  # online ones only: one in its first sync acknowledges nothing yet
+                    self.replicas = sum(
+                        1
+                        for name, replica in info.items()
+                        if name.startswith("slave")
+                        and isinstance(replica, dict)
+                        and replica.get("state") == "online"
+                    )
             await asyncio.sleep(every)
+
+    async def replicated(self, marker: str) -> None:
+        """Return once a replica has every write the primary made before this call, from
+        any connection (where there are replicas; else at once); NotReplicated if none
+        confirms in time. `marker` is a key this writes: WAIT counts from its connection's
+        last write, so a write of its own makes it cover everything before (replication is
+        one ordered stream), even when the change being confirmed wrote nothing this time
+        (a retry) or went out on another connection."""
+        if not (self.behind_sentinel or self.replicas > 0):
+            return
+        await _take_turn(self._gate)
+        try:
+            pipe = self.pipeline(transaction=False)
+            pipe.incr(marker)
+            pipe.wait(1, REPLICA_WAIT_MS)
+            _, confirmed = await pipe.execute()
+        finally:
+            self._gate.release()
+        if int(confirmed) < 1:
+            raise NotReplicated("no replica confirmed the change in time")
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        """Close, after the batches in flight (their connections would be handed back to
+        a closed pool, still open)."""
+        if self._senders:
+            await asyncio.wait(self._senders, timeout=POOL_WAIT)
+        await super().aclose(close_connection_pool)
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         await _take_turn(self._gate)
@@ -123,17 +169,14 @@ class BoundedRedis(aioredis.Redis):
         finally:
             self._gate.release()
 
-    def evalsha_batched(
-        self, sha: str, keys: list[str], args: list[Any], *, durable: bool = False
-    ) -> asyncio.Future[Any]:
+    def evalsha_batched(self, sha: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         """EVALSHA in the next batch; the future has the reply or the error (NoScriptError
-        when the script is not loaded: it did not run). A `durable` call, where the primary
-        has replicas, succeeds only once a replica has its writes (else NotReplicated)."""
+        when the script is not loaded: it did not run)."""
         loop = asyncio.get_running_loop()
         if not self._batch:
             loop.call_soon(self._send_batch)
         future: asyncio.Future[Any] = loop.create_future()
-        self._batch.append(_Call(sha, keys, args, future, durable))
+        self._batch.append(_Call(sha, keys, args, future))
         return future
 
     def _send_batch(self) -> None:
@@ -149,19 +192,7 @@ class BoundedRedis(aioredis.Redis):
                 pipe = self.pipeline(transaction=False)
                 for call in batch:
                     pipe.evalsha(call.sha, len(call.keys), *call.keys, *call.args)
-                # WAIT covers every write made before it on its connection: the whole batch.
-                wait = self.replicas > 0 and any(call.durable for call in batch)
-                if wait:
-                    pipe.wait(1, REPLICA_WAIT_MS)
                 replies = await pipe.execute(raise_on_error=False)
-                if wait:
-                    confirmed = replies.pop()
-                    if not isinstance(confirmed, int) or confirmed < 1:
-                        lost = NotReplicated("no replica confirmed the change in time")
-                        replies = [
-                            lost if call.durable and not isinstance(reply, Exception) else reply
-                            for call, reply in zip(batch, replies, strict=True)
-                        ]
             finally:
                 self._gate.release()
         except Exception as exc:
@@ -188,7 +219,6 @@ class _Call:
     keys: list[str]
     args: list[Any]
     future: asyncio.Future[Any]
-    durable: bool
 
 
 class BoundedRedisCluster(RedisCluster):
@@ -312,7 +342,15 @@ def connect_sentinel(sentinels: tuple[tuple[str, int], ...], service: str) -> Bo
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": CONNECT_TIMEOUT,
     }
-    manager = Sentinel(list(sentinels), sentinel_kwargs=dict(timeouts))  # type: ignore[no-untyped-call]
+    # redis-py's default for these clients retries ten times with backoff: a Sentinel that
+    # does not answer would hold every request for seconds.
+    lookups = {
+        "socket_timeout": SENTINEL_TIMEOUT,
+        "socket_connect_timeout": SENTINEL_TIMEOUT,
+        "retry": NO_RETRY,
+        "retry_on_error": [],
+    }
+    manager = Sentinel(list(sentinels), sentinel_kwargs=lookups)  # type: ignore[no-untyped-call]
     client: BoundedRedis = manager.master_for(
         service,
         redis_class=BoundedRedis,
@@ -323,6 +361,7 @@ def connect_sentinel(sentinels: tuple[tuple[str, int], ...], service: str) -> Bo
         health_check_interval=15,
         **timeouts,
     )
+    client.behind_sentinel = True
     return client
 
 
@@ -383,3 +422,11 @@ async def pubsub_client(client: Client, attempt: int) -> tuple[str, aioredis.Red
         connection_class=pool.connection_class, max_connections=1, **kwargs
     )
     return "redis", aioredis.Redis.from_pool(own)
+
+
+async def replicated(client: Client, marker: str) -> None:
+    """BoundedRedis.replicated for a single primary; nothing for a cluster (whose scripts
+    go out one by one, each primary with its own replicas: see the README) or the embedded
+    store."""
+    if isinstance(client, BoundedRedis):
+        await client.replicated(marker)

@@ -27,6 +27,11 @@ class Keys:
         # off, which is how the scripts know to queue nothing.
         self.bell = f"{prefix}:outbox:bell" if events else ""
 
+    @property
+    def replication_marker(self) -> str:
+        """A counter written before each WAIT for a replica (see BoundedRedis.replicated)."""
+        return f"{self.prefix}:replicated"
+
     def user_outbox(self, user_id: str) -> list[str]:
         """The outbox stream in the slot of the user's keys, as a list of the keys a script
         declares for it: none with webhooks off (a declared key that does not exist would

@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Callable
 from typing import NamedTuple
 
-from authsvc.store.client import Client
+from authsvc.store.client import Client, replicated
 from authsvc.store.keys import Keys
 from authsvc.store.scripts import Scripts
 
@@ -150,7 +150,10 @@ class SessionStore:
         )
         if int(reply[0]) != 1:
             return Refused(int(reply[0]))
-        return NewSession(int(reply[1]), [str(victim) for victim in reply[2:]])
+        evicted = [str(victim) for victim in reply[2:]]
+        if evicted:  # sessions ended: not acknowledged before a replica has it
+            await self.replicated()
+        return NewSession(int(reply[1]), evicted)
 
     async def rotate(
         self,
@@ -193,6 +196,7 @@ class SessionStore:
             return RotateResult(outcome, generation, created, used, now)
         if outcome is Rotation.UNKNOWN:
             return RotateResult(outcome, reason=str(reply[1]) or "expired")
+        await self.replicated()  # the session was revoked
         return RotateResult(outcome, reason="reuse_detected")
 
     async def revoke(
@@ -202,11 +206,10 @@ class SessionStore:
         *,
         only: str | None = None,
         keep: str = "",
-        touch: str = "",
     ) -> list[str]:
-        """End one session (`only`) or all of the user's but `keep`; returns those ended.
-        `touch`: a session that already ended for `reason`, whose ending a client retries
-        (see revoke_sessions.lua)."""
+        """End one session (`only`) or all of the user's but `keep`; returns those ended,
+        once a replica has the change (where there are replicas; even when nothing ended
+        this time: a retry must not be acknowledged before the first try is replicated)."""
         k = self._keys
         ended: list[str] = await self._scripts.revoke_sessions(
             keys=[k.session_index(user_id), k.ended(user_id), *k.user_outbox(user_id)],
@@ -219,9 +222,9 @@ class SessionStore:
                 call_id(),
                 self._shift_ms(),
                 k.bell,
-                touch,
             ],
         )
+        await self.replicated()
         return ended
 
     async def list(self, user_id: str) -> list[SessionRow]:
@@ -249,6 +252,11 @@ class SessionStore:
         if int(reply[0]) != 1:
             return Ended(str(reply[1]) or "expired")
         return LiveSession(str(reply[1]), *(int(value) for value in reply[2:6]))
+
+    async def replicated(self) -> None:
+        """Return once a replica has every change made so far (see
+        BoundedRedis.replicated); NotReplicated (a ConnectionError: 503) if none confirms."""
+        await replicated(self._client, self._keys.replication_marker)
 
     async def ping(self) -> bool:
         """True when storage answers."""

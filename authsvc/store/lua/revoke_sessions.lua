@@ -3,14 +3,9 @@
 -- KEYS[2]  the user's tombstones
 -- KEYS[3]  the outbox of this slot, only with webhooks on (see emit in _lib.lua)
 -- ARGV     channel, target session id or '*' for all, session id to keep or '', reason,
---          user_id, call id (unique per request), shift_ms, doorbell channel, session id
---          to touch or ''
+--          user_id, call id (unique per request), shift_ms, doorbell channel
 -- Returns  the ids of the sessions that ended (live ones only). A replay of the same call
 --          (same call id) answers as the first run did.
--- Touch    A client that retries a logout whose answer was lost, or refused because no
---          replica confirmed it (see BoundedRedis.evalsha_batched), presents a session that
---          already ended for this reason: its tombstone is written again, so that the WAIT
---          after this script covers the first ending too (replication is one ordered stream).
 -- Time     Redis (now_ms), for the tombstones.
 -- Every session hash is read before the first write (see create_session.lua).
 local channel, target, keep, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -38,11 +33,6 @@ end
 
 if target ~= '*' and #found == 0 and call ~= '' and ended_by(ended, target) == call then
   return {target}
-end
-
-local touch = ARGV[9]
-if touch and touch ~= '' and why_ended(ended, touch) == reason then
-  redis.call('HSET', ended, touch, redis.call('HGET', ended, touch))
 end
 
 local reply = {}

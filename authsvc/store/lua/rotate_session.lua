@@ -16,7 +16,8 @@
 -- The current generation g rotates. g - 1 within `grace` of that rotation answers with the
 -- same successor g (parallel tabs, a lost response); so does a replay of this very call by a
 -- client retry, whatever the grace window (even 0). Anything older, or g - 1 after the grace
--- window, is token reuse.
+-- window, is token reuse. A generation ahead of the stored one is the current one (see
+-- below: a rotation lost in a failover).
 -- Only login and rotation set last_used_at ('u'), so it is also the time of the last
 -- rotation that the grace window counts from; a repeat within the grace window is the
 -- same refresh again and changes nothing.
@@ -33,6 +34,12 @@ if not fields[1] or not redis.call('ZSCORE', index, sid) then  -- see probe_sess
 end
 local current, created, last_used = tonumber(fields[1]), tonumber(fields[2]), tonumber(fields[3])
 local meta = {fields[5], fields[6]}
+-- A generation ahead of the stored one was issued by a rotation this Redis no longer has
+-- (lost in a failover: rotations are not waited for). The token is authentic, so it is the
+-- session's current one.
+if presented > current then
+  current = presented
+end
 
 if now >= last_used + idle_ttl or now >= created + max_ttl then
   ctx.channel = nil  -- no token of it outlives its expiry: nobody needs telling
