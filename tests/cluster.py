@@ -18,7 +18,7 @@ CREATE_TIMEOUT = 60.0  # seconds for `redis-cli --cluster create`
 STATE_TIMEOUT = 30.0  # seconds for every node to report cluster_state:ok
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """`count` distinct TCP ports on loopback that nothing listens on right now."""
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
@@ -29,10 +29,10 @@ def _free_ports(count: int) -> list[int]:
         return ports
 
 
-def _binary(name: str) -> str:
+def binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed (apt-get install redis-server)")
+        pytest.fail(f"{name} is not installed (scripts/test names the Debian packages)")
     return path
 
 
@@ -50,12 +50,12 @@ class RedisCluster3:
     `url` names the first node; a cluster client discovers the others from it."""
 
     def __init__(self, directory: Path) -> None:
-        self.server_binary = _binary("redis-server")
-        self.cli_binary = _binary("redis-cli")
+        self.server_binary = binary("redis-server")
+        self.cli_binary = binary("redis-cli")
         self.directory = directory
         # Client ports and cluster-bus ports, chosen explicitly: the default bus port
         # (port + 10000) can fall outside the valid range for a high ephemeral port.
-        ports = _free_ports(2 * SIZE)
+        ports = free_ports(2 * SIZE)
         self.ports = ports[:SIZE]
         self.bus_ports = ports[SIZE:]
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,26 +13,11 @@ from typing import Any
 
 import redis
 
+from tests.cluster import binary, free_ports
+
 SERVICE = "mymaster"
 SENTINELS = 3
 QUORUM = 2
-
-
-def _free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        for _ in range(count):
-            s = stack.enter_context(socket.socket())
-            s.bind(("127.0.0.1", 0))
-            ports.append(int(s.getsockname()[1]))
-        return ports
-
-
-def _binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(f"{name} is not installed (apt-get install redis-server redis-sentinel)")
-    return path
 
 
 def _info(port: int) -> dict[str, Any]:
@@ -67,10 +50,10 @@ class SentinelSet:
     `down_after_ms`. `primary` and `replica` are ports; they swap at each failover."""
 
     def __init__(self, directory: Path, *, down_after_ms: int = 1000) -> None:
-        self.server = _binary("redis-server")
-        self.sentinel = _binary("redis-sentinel")
+        self.server = binary("redis-server")
+        self.sentinel = binary("redis-sentinel")
         self.directory = directory
-        ports = _free_ports(2 + SENTINELS)
+        ports = free_ports(2 + SENTINELS)
         self.primary, self.replica = ports[0], ports[1]
         self.sentinel_ports = ports[2:]
         self.down_after_ms = down_after_ms
