@@ -324,6 +324,37 @@ async def test_an_event_the_receiver_refuses_holds_up_no_other(
     assert len(receiver.of("session.created")) == 5
 
 
+async def test_a_worker_holding_all_it_may_does_not_spin(
+    make_client: ClientFactory,
+    hook_settings: Settings,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker, "MAX_HELD", 2)
+    receiver.up = False
+    app = await make_client(hook_settings)
+    await signup(app, "full@example.com")
+    for _ in range(4):
+        await login(app, "full@example.com")
+    deadline = time.monotonic() + 10
+    while not receiver.refused:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    rounds = 0
+    fill = worker.WebhookWorker._fill
+
+    async def counted(self: worker.WebhookWorker, now: float) -> None:
+        nonlocal rounds
+        rounds += 1
+        await fill(self, now)
+
+    monkeypatch.setattr(worker.WebhookWorker, "_fill", counted)
+    await asyncio.sleep(1.0)  # a loop that spun would go round thousands of times
+    assert rounds < 20
+    receiver.up = True
+    await receiver.wait_for(5, within=worker.CIRCUIT_MAX + 10)
+
+
 async def test_an_unreadable_outbox_entry_is_dropped_and_counted(
     make_client: ClientFactory, hook_settings: Settings, receiver: Receiver
 ) -> None:

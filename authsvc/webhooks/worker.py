@@ -147,9 +147,8 @@ class WebhookWorker:
             await self._sweep(now, streams)
         for stream in sorted(streams):
             room = MAX_HELD - len(self._held)
-            if room <= 0:
-                self._more.add(stream)
-                continue
+            if room <= 0:  # the sweeps find these again once there is room
+                break
             fresh = await self._outbox.take(stream, room)
             if len(fresh) == room:  # there may be more: look again at once
                 self._more.add(stream)
