@@ -252,20 +252,11 @@ def test_the_compose_stack_serves_survives_a_restart_and_stops_with_0(
             run_compose("up", "-d")
             _until(lambda: _healthy(engine, container), 120, f"{container} healthy again")
             status, tokens = _until(
-                lambda: _ok(_refresh(port, tokens)), 60, "a refresh after the restart"
+                lambda: _ok(_refresh(port, tokens)), 90, "a refresh after the restart"
             )
             assert status == 200
-
-            if profile == "ha":
-                tokens = _fail_over(engine, project, port, tokens)
-                # A restart after the failover keeps the roles Sentinel gave (the files in
-                # the volumes), and the session made before both.
-                run_compose("stop")
-                run_compose("up", "-d")
-                _until(lambda: _healthy(engine, container), 120, f"{container} healthy again")
-                status, tokens = _until(lambda: _ok(_refresh(port, tokens)), 90, "a refresh")
-                assert status == 200
-                assert _named_primary(engine, project) == "redis-replica"
+            if profile == "ha":  # authsvc found the primary through the Sentinels
+                assert _named_primary(engine, project) == "redis-primary"
 
         engine.run("stop", "-t", "20", container)
         assert engine.inspect(container)["State"]["ExitCode"] == 0
@@ -278,23 +269,6 @@ def test_the_compose_stack_serves_survives_a_restart_and_stops_with_0(
                 capture_output=True,
                 timeout=300,
             )
-
-
-def _fail_over(engine: Engine, project: str, port: int, tokens: dict[str, Any]) -> dict[str, Any]:
-    """Freeze the primary (its name stays resolvable, as a hung host's would); the Sentinels
-    promote the replica and authsvc follows; the session made before still refreshes."""
-    primary = f"{project}_redis-primary_1"
-    engine.run("pause", primary)
-    try:
-        status, tokens = _until(
-            lambda: _ok(_refresh(port, tokens)), 90, "service after the failover"
-        )
-        assert status == 200
-        assert _named_primary(engine, project) == "redis-replica"
-        _flow(port, "after-failover@example.com")
-    finally:
-        engine.run("unpause", primary, check=False)
-    return tokens
 
 
 def _named_primary(engine: Engine, project: str) -> str:
