@@ -168,8 +168,9 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         client = redis_client.embedded()
         log.info("storage: embedded (in-process fakeredis); data lasts as long as this process")
     app[REDIS] = client
-    # On a single primary (directly or through Sentinel), durable changes wait for a
-    # replica while it has any; a cluster's scripts run without (see the README).
+    # On a single primary (directly or through Sentinel): the replica count that endings
+    # wait on, and the check that the server is still a primary (watch_replicas). A
+    # cluster's endings do not wait (see the README).
     watcher = None
     if isinstance(client, redis_client.BoundedRedis) and not settings.embedded:
         watcher = asyncio.create_task(client.watch_replicas(), name="authsvc.replicas")
