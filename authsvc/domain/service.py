@@ -251,21 +251,16 @@ class AuthService:
         return Principal(claims.user_id, claims.session_id, email)
 
     async def logout(self, principal: Principal) -> None:
-        """End the caller's session. A retry (its session already ended by logout) is
-        acknowledged once the ending is on a replica."""
-        if principal.ended:
-            await self._sessions.replicated()
-            return
+        """End the caller's session. A retry (its session already ended by logout) runs
+        the ending again: a session that a failover brought back ends again, and the answer
+        waits for a replica as the first one did."""
         await self.end_sessions(principal.user_id, "logout", only=principal.session_id)
 
     async def logout_all(self, principal: Principal) -> None:
-        """End every session of the caller. A retry ends nothing more (a token of an ended
-        session must not end the sessions made since): it is acknowledged once the first
-        try is on a replica."""
-        if principal.ended:
-            await self._sessions.replicated()
-            return
-        await self.end_sessions(principal.user_id, "logout_all")
+        """End every session of the caller. A retry ends the caller's own session again
+        and nothing else: a token of an ended session must not end the sessions made since."""
+        only = principal.session_id if principal.ended else None
+        await self.end_sessions(principal.user_id, "logout_all", only=only)
 
     async def end_session(self, principal: Principal, session_id: str) -> None:
         """End one of the caller's sessions; NotFound if it is not theirs."""

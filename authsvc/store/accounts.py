@@ -8,7 +8,7 @@ import dataclasses
 import secrets
 from collections.abc import Callable
 
-from authsvc.store.client import Client, replicated
+from authsvc.store.client import Client
 from authsvc.store.keys import Keys
 from authsvc.store.scripts import Scripts
 from authsvc.store.sessions import call_id
@@ -97,7 +97,8 @@ class AccountStore:
         Two slots: the user's first, then the email's claim is released; a claim left by a
         deletion that stopped in between is taken over by the next signup (see `create`)."""
         k = self._keys
-        ended: list[str] = await self._scripts.delete_account(
+        ended: list[str] = await self._scripts.delete_account.replicated(
+            marker=k.replication_marker,
             keys=[
                 k.user(user_id),
                 k.session_index(user_id),
@@ -110,7 +111,6 @@ class AccountStore:
             keys=[k.email(email), *k.email_outbox(email)],
             args=[user_id, "", email, k.bell, self._shift_ms()],
         )
-        await replicated(self._client, k.replication_marker)
         return ended
 
     async def find(self, email: str) -> AccountRecord | None:
@@ -132,7 +132,8 @@ class AccountStore:
         returns the sessions ended, or None when the password changed since `account` was
         read (nothing written)."""
         k = self._keys
-        ended: list[str] | None = await self._scripts.change_password(
+        ended: list[str] | None = await self._scripts.change_password.replicated(
+            marker=k.replication_marker,
             keys=[
                 k.user(account.user_id),
                 k.session_index(account.user_id),
@@ -150,7 +151,6 @@ class AccountStore:
                 k.bell,
             ],
         )
-        await replicated(self._client, k.replication_marker)
         return ended
 
     async def rehash(self, account: AccountRecord, password_hash: str) -> None:

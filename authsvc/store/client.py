@@ -107,8 +107,8 @@ class BoundedRedis(aioredis.Redis):
         self.behind_sentinel = False
 
     async def watch_replicas(self, every: float = 1.0) -> None:
-        """Keep `replicas` up to date, and drop every connection when the server they
-        reach is no longer a primary (a demoted one answers reads with stale data), until
+        """Keep `replicas` up to date, and drop the connections when the server they reach
+        is no longer a primary (a demoted one answers reads with stale data), until
         cancelled."""
         failing = False
         while True:
@@ -124,7 +124,9 @@ class BoundedRedis(aioredis.Redis):
                     log.warning(
                         "storage is not a primary (role %s): reconnecting", info.get("role")
                     )
-                    await self.connection_pool.disconnect(inuse_connections=True)
+                    # Idle ones only: cutting one in use under a command breaks it with a
+                    # non-Redis error; those in use are idle by a later look.
+                    await self.connection_pool.disconnect(inuse_connections=False)
                 else:  # online ones only: one in its first sync acknowledges nothing yet
                     self.replicas = sum(
                         1
@@ -154,6 +156,31 @@ class BoundedRedis(aioredis.Redis):
             self._gate.release()
         if int(confirmed) < 1:
             raise NotReplicated("no replica confirmed the change in time")
+
+    async def evalsha_replicated(
+        self, sha: str, keys: list[str], args: list[Any], marker: str
+    ) -> Any:
+        """EVALSHA acknowledged only once a replica has it (where there are replicas):
+        `INCR marker` and WAIT go in the same pipeline, on the same connection, so the WAIT
+        confirms the very primary that ran the script. After a connection error redis-py
+        sends the whole pipeline again, perhaps to a promoted replica; the scripts are safe
+        to replay, and there the replay makes the change again before it is confirmed."""
+        wait = self.behind_sentinel or self.replicas > 0
+        await _take_turn(self._gate)
+        try:
+            pipe = self.pipeline(transaction=False)
+            pipe.evalsha(sha, len(keys), *keys, *args)
+            if wait:
+                pipe.incr(marker)
+                pipe.wait(1, REPLICA_WAIT_MS)
+            replies = await pipe.execute(raise_on_error=False)
+        finally:
+            self._gate.release()
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        if wait and (isinstance(replies[-1], Exception) or int(replies[-1]) < 1):
+            raise NotReplicated("no replica confirmed the change in time")
+        return replies[0]
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         """Close, after the batches in flight (their connections would be handed back to

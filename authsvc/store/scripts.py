@@ -43,6 +43,18 @@ class Script:
         except NoScriptError:  # it did not run; redis-py's script loads it and runs it
             return await self._script(keys=keys, args=args)
 
+    async def replicated(self, *, keys: list[str], args: list[Any], marker: str) -> Any:
+        """The call, acknowledged only once a replica has it (for changes that end
+        sessions; see BoundedRedis.evalsha_replicated); a plain call on a cluster."""
+        if self._batched is None:
+            return await self._script(keys=keys, args=args)
+        sha = self._script.sha
+        try:
+            return await self._batched.evalsha_replicated(sha, keys, args, marker)
+        except NoScriptError:  # it did not run (a restarted or promoted server): load it
+            await self._batched.script_load(self.text)
+            return await self._batched.evalsha_replicated(sha, keys, args, marker)
+
 
 class Scripts:
     """All scripts, registered with one client."""

@@ -211,7 +211,8 @@ class SessionStore:
         once a replica has the change (where there are replicas; even when nothing ended
         this time: a retry must not be acknowledged before the first try is replicated)."""
         k = self._keys
-        ended: list[str] = await self._scripts.revoke_sessions(
+        ended: list[str] = await self._scripts.revoke_sessions.replicated(
+            marker=k.replication_marker,
             keys=[k.session_index(user_id), k.ended(user_id), *k.user_outbox(user_id)],
             args=[
                 k.channel,
@@ -224,7 +225,6 @@ class SessionStore:
                 k.bell,
             ],
         )
-        await self.replicated()
         return ended
 
     async def list(self, user_id: str) -> list[SessionRow]:
