@@ -135,6 +135,7 @@ def create_app(
     app.router.add_routes(oauth_routes)
     app.router.add_routes(admin_routes)
     app.cleanup_ctx.append(_access_log)
+    app.cleanup_ctx.append(_metrics)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_hasher)
     app.cleanup_ctx.append(_service(clock))
@@ -151,6 +152,14 @@ async def _access_log(app: web.Application) -> AsyncIterator[None]:
     flusher = asyncio.create_task(access_log.run(), name="authsvc.access_log")
     yield
     await _stop(flusher)
+
+
+async def _metrics(app: web.Application) -> AsyncIterator[None]:
+    metrics = app[METRICS]
+    flusher = asyncio.create_task(metrics.run(), name="authsvc.metrics") if metrics.shared else None
+    yield
+    if flusher is not None:
+        await _stop(flusher)
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
@@ -203,7 +212,12 @@ def _service(clock: Clock):  # type: ignore[no-untyped-def]
             return clock.shift_ms
 
         sessions = SessionStore(client, keys, scripts, times, shift_ms)
-        gate = SessionGate(sessions.probe, clock, recheck_after=s.access_token_ttl)
+        gate = SessionGate(
+            sessions.probe,
+            clock,
+            recheck_after=s.access_token_ttl,
+            cache_size=s.session_cache_size,
+        )
         streams = app[STREAMS]
 
         def heard(ended: Revocation) -> None:
@@ -222,7 +236,11 @@ def _service(clock: Clock):  # type: ignore[no-untyped-def]
             ip_window=s.ip_rate_window,
         )
         access = AccessTokens(
-            app[KEYRING], issuer=s.jwt_issuer, audience=s.jwt_audience, ttl=s.access_token_ttl
+            app[KEYRING],
+            issuer=s.jwt_issuer,
+            audience=s.jwt_audience,
+            ttl=s.access_token_ttl,
+            cache_size=s.token_cache_size,
         )
         refresh = RefreshTokens(app[KEYRING])
         policy = Policy(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from multiprocessing import connection
 from pathlib import Path
 from types import FrameType
@@ -19,9 +22,16 @@ from authsvc import logs
 from authsvc.app import HANDLER_ARGS, create_app, load_clients, load_keyring
 from authsvc.domain.clients import SCOPES, ClientsFileError, add_client, remove_client
 from authsvc.domain.keys import ALGORITHMS, KeySetError, generate_jwks, write_private_jwks
+from authsvc.metrics import MULTIPROC_DIR
 from authsvc.settings import Settings, SettingsError, load_settings, risky
 
 log = logging.getLogger("authsvc")
+
+new_event_loop: Callable[[], asyncio.AbstractEventLoop]
+try:  # uvloop (a third more requests a core) is a dependency where it installs
+    from uvloop import new_event_loop
+except ImportError:  # pragma: no cover - not on Windows: asyncio's own loop
+    from asyncio import new_event_loop
 
 SHUTDOWN_TIMEOUT = 10.0  # seconds that requests in flight get to finish on SIGTERM
 
@@ -119,6 +129,7 @@ def _run_worker(settings: Settings, host: str, port: int, *, reuse_port: bool) -
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         access_log=None,
         print=listening,
+        loop=new_event_loop(),
         **HANDLER_ARGS,
     )
     log.info("stopped", extra={"pid": os.getpid()})
@@ -130,7 +141,25 @@ def _worker_main(settings: Settings, host: str, port: int) -> None:
 
 
 def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
-    """Run `workers` processes on one port (SO_REUSEPORT); forward SIGTERM/SIGINT to them."""
+    """Run `workers` processes on one port (SO_REUSEPORT) that share their metrics;
+    forward SIGTERM/SIGINT to them."""
+    given = os.environ.get(MULTIPROC_DIR)
+    own_dir = not given
+    metrics_dir = Path(given or tempfile.mkdtemp(prefix="authsvc-metrics-"))
+    try:
+        if not own_dir:  # files of an earlier run would be counted again
+            for stale in metrics_dir.glob("*.db"):
+                stale.unlink()
+        os.environ[MULTIPROC_DIR] = str(metrics_dir)  # the workers inherit it
+        log.info("worker metrics in %s", metrics_dir)
+        return _run_workers(settings, host, port, workers)
+    finally:
+        if own_dir:
+            del os.environ[MULTIPROC_DIR]
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_workers(settings: Settings, host: str, port: int, workers: int) -> int:
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(target=_worker_main, args=(settings, host, port), name=f"authsvc-{i}")

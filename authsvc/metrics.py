@@ -2,18 +2,27 @@
 
 Per-request counts and latencies are kept in plain dicts and handed to prometheus_client
 only when scraped: the labelled-metric path costs several microseconds a request, which the
-hot endpoints cannot afford. Domain events use ordinary prometheus_client counters."""
+hot endpoints cannot afford. Domain events use ordinary prometheus_client counters.
+
+With `--workers N` every worker writes its metrics to files in PROMETHEUS_MULTIPROC_DIR
+(prometheus_client's multiprocess mode), and a scrape of any worker reads all of them. The
+per-request numbers reach those files in bulk, every FLUSH_EVERY seconds and before a
+scrape, so the hot path stays a dict update."""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import os
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+FLUSH_EVERY = 1.0  # seconds: how far behind another worker's requests a scrape may be
 
 
 class RequestStats(Collector):
@@ -33,6 +42,12 @@ class RequestStats(Collector):
             row = self._latency[route] = [0.0] * (len(LATENCY_BUCKETS) + 2)
         row[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         row[-1] += seconds
+
+    def drain(self) -> tuple[dict[tuple[str, int], int], dict[str, list[float]]]:
+        """What was counted since the last drain (and forget it)."""
+        counts, latency = self._counts, self._latency
+        self._counts, self._latency = {}, {}
+        return counts, latency
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -57,13 +72,57 @@ class RequestStats(Collector):
         yield latency
 
 
+class SharedRequestStats:
+    """RequestStats handed in bulk to multiprocess-mode metrics, which a scrape of any
+    worker reads from the files of all of them."""
+
+    def __init__(self, stats: RequestStats, registry: CollectorRegistry) -> None:
+        self._stats = stats
+        self._requests = Counter(
+            "authsvc_http_requests",
+            "HTTP requests by route and status.",
+            ["route", "status"],
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "authsvc_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def flush(self) -> None:
+        """Write out what was counted since the last flush."""
+        counts, latency = self._stats.drain()
+        for (route, status), count in counts.items():
+            self._requests.labels(route, str(status)).inc(count)
+        for route, row in latency.items():
+            child = self._latency.labels(route)
+            # Histogram has no bulk observe: its per-bucket values (not cumulative, the
+            # last one +Inf) and its sum are filled directly, as observe() would.
+            for value, in_bucket in zip(child._buckets, row[:-1], strict=True):
+                if in_bucket:
+                    value.inc(in_bucket)
+            child._sum.inc(row[-1])
+
+
 class Metrics:
-    """Every metric authsvc exports."""
+    """Every metric authsvc exports; `shared` in multiprocess mode (see the module)."""
 
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.shared = bool(os.environ.get(MULTIPROC_DIR))
         self.http = RequestStats()
-        r.register(self.http)
+        self.registry = r = CollectorRegistry(auto_describe=not self.shared)
+        self._shared_http: SharedRequestStats | None = None
+        if self.shared:
+            # The metrics below write to this worker's files; the registry that scrapes
+            # read holds only the collector of every worker's files.
+            multiprocess.MultiProcessCollector(r)  # type: ignore[no-untyped-call]
+            r = CollectorRegistry()
+            self._shared_http = SharedRequestStats(self.http, r)
+        else:
+            r.register(self.http)
         self.logins = Counter("authsvc_logins", "Logins by outcome.", ["outcome"], registry=r)
         self.refreshes = Counter(
             "authsvc_refreshes", "Refreshes by outcome.", ["outcome"], registry=r
@@ -99,13 +158,30 @@ class Metrics:
             "Webhook events given up after failing for a day.",
             registry=r,
         )
+        # Every worker sweeps the same outbox: a scrape shows the latest sweep's figure.
         self.webhook_undelivered = Gauge(
             "authsvc_webhook_events_undelivered",
             "Webhook events in the outbox, queued or being retried (as of the last sweep).",
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.webhook_oldest = Gauge(
             "authsvc_webhook_oldest_undelivered_seconds",
             "Age of the oldest undelivered webhook event (as of the last sweep).",
             registry=r,
+            multiprocess_mode="mostrecent",
         )
+
+    def flush(self) -> None:
+        """In multiprocess mode, write this worker's request counts out for scrapes."""
+        if self._shared_http is not None:
+            self._shared_http.flush()
+
+    async def run(self) -> None:
+        """Flush every FLUSH_EVERY seconds until cancelled, then once more."""
+        try:
+            while True:
+                await asyncio.sleep(FLUSH_EVERY)
+                self.flush()
+        finally:
+            self.flush()

@@ -49,6 +49,8 @@ class Settings:
     clients_file: Path | None = None
     webhook_url: str | None = None
     webhook_secret: str | None = dataclasses.field(default=None, repr=False)
+    token_cache_size: int = 100_000
+    session_cache_size: int = 100_000
     log_level: str = "info"
     log_format: str = "json"
 
@@ -70,6 +72,8 @@ _BOUNDS: dict[str, tuple[int, int]] = {
     "login_failure_window": (1, 86_400),
     "ip_rate_limit": (0, 1_000_000),
     "ip_rate_window": (1, 86_400),
+    "token_cache_size": (1, 10_000_000),
+    "session_cache_size": (1, 10_000_000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": ("debug", "info", "warning", "error"),

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+import uvloop
 from aiohttp import web
 from aiohttp_session import get_session, new_session, session_middleware
 from aiohttp_session.redis_storage import RedisStorage
@@ -67,7 +68,12 @@ def main() -> None:
     parser.add_argument("--redis-url", required=True)
     args = parser.parse_args()
     web.run_app(
-        create_app(args.redis_url), host="127.0.0.1", port=args.port, access_log=None, print=None
+        create_app(args.redis_url),
+        host="127.0.0.1",
+        port=args.port,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),  # as a performance-minded aiohttp team runs it
     )
 
 

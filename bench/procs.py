@@ -5,6 +5,7 @@ output to a log file in the work directory and is stopped by its pid."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -37,6 +38,14 @@ class Proc:
     def pid(self) -> int:
         """The server's pid (taskset execs the command, so it is the server's own)."""
         return self.process.pid
+
+    def pids(self) -> list[int]:
+        """The server's pid and those of its children (the workers of `--workers N`)."""
+        found = [self.pid]
+        for task in Path(f"/proc/{self.pid}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                found += [int(pid) for pid in task.read_text(encoding="utf-8").split()]
+        return found
 
     def check_alive(self) -> None:
         """RuntimeError if the process has exited."""
@@ -72,9 +81,16 @@ def require_tools() -> None:
 
 
 def spawn(
-    name: str, argv: list[str], *, core: int, port: int, log: Path, env: dict[str, str] | None
+    name: str,
+    argv: list[str],
+    *,
+    core: int | str,
+    port: int,
+    log: Path,
+    env: dict[str, str] | None,
 ) -> Proc:
-    """Start `argv` pinned to `core` in the log's folder, its output appended to `log`."""
+    """Start `argv` pinned to `core` (or a taskset list such as "0,1") in the log's folder,
+    its output appended to `log`."""
     with log.open("ab") as out:
         process = subprocess.Popen(
             ["taskset", "-c", str(core), *argv],
@@ -128,14 +144,16 @@ def redis_url(proc: Proc) -> str:
 def start_authsvc(
     name: str,
     *,
-    core: int,
+    core: int | str,
     workdir: Path,
     redis: Proc,
     extra_env: dict[str, str],
     source: Path | None,
+    workers: int = 1,
 ) -> Proc:
-    """`authsvc serve --port P` as shipped, with AUTHSVC_REDIS_URL and `extra_env` set;
-    the authsvc package comes from `source` when given, else from the installed one."""
+    """`authsvc serve --port P [--workers N]` as shipped, with AUTHSVC_REDIS_URL and
+    `extra_env` set; the authsvc package comes from `source` when given, else from the
+    installed one."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
     env.update(extra_env)
@@ -143,10 +161,22 @@ def start_authsvc(
         env["PYTHONPATH"] = str(source)  # ahead of the editable install's finder
     env["AUTHSVC_REDIS_URL"] = redis_url(redis)
     env["AUTHSVC_DATA_DIR"] = str(workdir / "keys")
-    argv = [str(VENV_BIN / "authsvc"), "serve", "--port", str(port)]
+    argv = [str(VENV_BIN / "authsvc"), "serve", "--port", str(port), "--workers", str(workers)]
     proc = spawn(name, argv, core=core, port=port, log=workdir / f"{name}.log", env=env)
     _ready_or_stop(proc, lambda: wait_http(proc, "/readyz"))
+    _ready_or_stop(proc, lambda: _wait_listening(proc, workers))
     return proc
+
+
+def _wait_listening(proc: Proc, workers: int) -> None:
+    # Each worker logs "listening" once its socket is bound; before that, SO_REUSEPORT
+    # sends every connection to the workers already listening.
+    deadline = time.monotonic() + START_TIMEOUT
+    while proc.log.read_text(encoding="utf-8").count('"listening"') < workers:
+        proc.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.name}: not all {workers} workers listen; see {proc.log}")
+        time.sleep(0.1)
 
 
 def start_baseline(

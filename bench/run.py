@@ -1,6 +1,7 @@
-"""authsvc benchmark (issue 6): authsvc against two aiohttp baselines, in one run on one CPU.
+"""authsvc benchmark (issues 6 and 13): authsvc against two aiohttp baselines on uvloop, in
+one run on one CPU.
 
-    .venv/bin/python bench/run.py            # full run, about 10 minutes
+    .venv/bin/python bench/run.py            # full run, about 15 minutes
     .venv/bin/python bench/run.py --quick    # smoke run: 1 round of 2 s, 10k sessions stored
 
 Starts its own redis-servers, authsvc and the baselines pinned to one core and wrk pinned to
@@ -33,6 +34,7 @@ import fill
 import hotspots
 import procs
 import report
+import working_set
 import wrk
 from client import Account, Tokens
 from procs import Proc
@@ -43,6 +45,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 SHIPPED = Settings()  # authsvc's defaults: bcrypt cost, session limit, lifetimes
 LOGIN_ACCOUNTS = 8  # accounts the login load cycles through
+# Seconds after which the working set's access tokens are renewed before a run (they live
+# SHIPPED.access_token_ttl seconds).
+RENEW_AFTER = SHIPPED.access_token_ttl * 0.6
 HOTSPOTS = 15  # functions listed per profiled scenario
 SETTLE_WINDOW = 0.5  # seconds; see settle()
 SETTLE_TIMEOUT = 20.0
@@ -62,6 +67,7 @@ class Config:
     get_threads: int
     small_store: int
     large_store: int
+    working_set: int
     service_core: int
     load_core: int
     out: Path
@@ -86,6 +92,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     p.add_argument("--login-connections", type=int, default=4)
     p.add_argument("--large-store", type=int, help="sessions stored (default 1,000,000)")
     p.add_argument("--small-store", type=int, default=1_000)
+    p.add_argument(
+        "--working-set", type=int, help="live sessions of the working-set run (default 20,000)"
+    )
     p.add_argument("--service-core", type=int, default=0)
     p.add_argument("--load-core", type=int, default=1)
     p.add_argument("--out", type=Path, help="output folder (default bench/results[/quick])")
@@ -117,6 +126,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         get_threads=min(4, a.connections),
         small_store=a.small_store,
         large_store=a.large_store or (10_000 if q else 1_000_000),
+        working_set=a.working_set or (2_000 if q else 20_000),
         service_core=a.service_core,
         load_core=a.load_core,
         out=a.out or BENCH_DIR / ("results/quick" if q else "results"),
@@ -181,6 +191,7 @@ class World:
     login_file: Path = Path()
     cookie_file: Path = Path()
     fills: dict[str, fill.FillStats] = dataclasses.field(default_factory=dict)
+    ws: working_set.WorkingSet | None = None
     retries_left: int = 0
     source_commit: str = ""
     discarded: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -235,6 +246,29 @@ def start_servers(w: World, progress: Progress) -> None:
         w.procs[name] = procs.start_authsvc(
             name, core=core, workdir=workdir, redis=w.procs[store], extra_env=env, source=source
         )
+    # The working set's sessions are made by logins, 20,000 of them: at the shipped bcrypt
+    # cost that alone would take over an hour, so this instance hashes at the lowest cost.
+    # Nothing else differs, and GET /v1/me does not hash.
+    w.procs["redis_ws"] = procs.start_redis("redis_ws", core=cfg.load_core, workdir=workdir)
+    w.procs["authsvc_ws"] = procs.start_authsvc(
+        "authsvc_ws",
+        core=core,
+        workdir=workdir,
+        redis=w.procs["redis_ws"],
+        extra_env={**env, "AUTHSVC_BCRYPT_ROUNDS": "4"},
+        source=source,
+    )
+    # `--workers 2` on both cores (the load generator shares the second one), on the small
+    # store: the same sessions and key set as "authsvc".
+    w.procs["authsvc_w2"] = procs.start_authsvc(
+        "authsvc_w2",
+        core=f"{core},{cfg.load_core}",
+        workdir=workdir,
+        redis=w.procs["redis_small"],
+        extra_env=env,
+        source=source,
+        workers=2,
+    )
     progress.note("servers up: " + ", ".join(f"{n} pid {p.pid}" for n, p in w.procs.items()))
 
 
@@ -287,6 +321,19 @@ def create_accounts(w: World, progress: Progress) -> None:
     w.login_file = _write(w, "login_accounts.txt", [f"{a.email} {a.password}" for a in logins])
     cookies = [client.baseline_cookie(w.port("session")) for _ in range(cfg.get_threads)]
     w.cookie_file = _write(w, "session_cookies.txt", cookies)
+    users = max(1, cfg.working_set // SHIPPED.session_limit)
+    progress.note(f"working set: {users:,} users x {SHIPPED.session_limit} logins")
+    w.ws = working_set.build(
+        w.port("authsvc_ws"),
+        procs.redis_url(w.procs["redis_ws"]),
+        users,
+        SHIPPED.session_limit,
+        seed=users,
+    )
+    progress.note(
+        f"working set: {w.ws.sessions:,} sessions in {w.ws.seconds:.0f} s, "
+        f"{w.ws.bytes_per_session:.0f} B of Redis each, {w.ws.bytes_per_account:.0f} B a user"
+    )
 
 
 def check_endpoints(w: World) -> None:
@@ -335,6 +382,16 @@ def refresh_large(w: World, seconds: int) -> dict[str, wrk.Load]:
     return {"refresh_large": _refresh(w, "authsvc_large", seconds)}
 
 
+def me_working_set(w: World, seconds: int) -> dict[str, wrk.Load]:
+    """GET /v1/me with another of the working set's tokens on each request."""
+    return {"me_ws": _working_set(w, seconds)}
+
+
+def me_two_workers(w: World, seconds: int) -> dict[str, wrk.Load]:
+    """GET /v1/me on `--workers 2`."""
+    return {"me_w2": _get(w, w.url("authsvc_w2", "/v1/me"), _me_headers(w), seconds)}
+
+
 def login(w: World, seconds: int) -> dict[str, wrk.Load]:
     """Logins at the service's bcrypt cost."""
     return {"login": _login(w, seconds)}
@@ -349,6 +406,8 @@ SCENARIOS = (
     Scenario("baseline: bare aiohttp", bare),
     Scenario("baseline: aiohttp-session", session),
     Scenario("GET /v1/me", me),
+    Scenario("GET /v1/me, working set", me_working_set),
+    Scenario("GET /v1/me, --workers 2", me_two_workers),
     Scenario("refresh, small store", refresh_small),
     Scenario("refresh, large store", refresh_large),
     Scenario("login", login, long=True),
@@ -370,6 +429,24 @@ def _me_headers(w: World) -> Path:
     # Fresh access tokens for every run: a long benchmark outlives an access-token TTL.
     w.me_tokens = [client.refresh(w.port("authsvc"), t) for t in w.me_tokens]
     return _write(w, "me_headers.txt", [f"Authorization: Bearer {t.access}" for t in w.me_tokens])
+
+
+def _working_set(w: World, seconds: int) -> wrk.Load:
+    assert w.ws is not None
+    if time.monotonic() - w.ws.made_at > RENEW_AFTER:
+        w.ws = working_set.renew(w.port("authsvc_ws"), w.ws)
+        # Every new token is checked once (a signature) before the runs see it again.
+        warm = _ws_load(w, max(2, w.cfg.warmup))
+        wrk.run(warm, w.cfg.load_core)
+    return _ws_load(w, seconds)
+
+
+def _ws_load(w: World, seconds: int) -> wrk.Load:
+    assert w.ws is not None
+    path = _write(w, "ws_tokens.txt", w.ws.access_tokens)
+    c = w.cfg.connections
+    url = w.url("authsvc_ws", "/v1/me")
+    return wrk.Load("tokens.lua", url, c, w.cfg.get_threads, seconds, {"BENCH_TOKENS": str(path)})
 
 
 def _refresh(w: World, name: str, seconds: int) -> wrk.Load:
@@ -427,8 +504,10 @@ def measured_run(
 def _samples(w: World) -> dict[str, cpuload.Sample]:
     # The service core runs the servers; the load core runs wrk (counted in the driver's
     # children once waited for), the redis-servers and the driver itself.
-    servers = [p.pid for name, p in w.procs.items() if not name.startswith("redis")]
+    servers = [pid for n, p in w.procs.items() if not n.startswith("redis") for pid in p.pids()]
     load = [os.getpid(), *(p.pid for name, p in w.procs.items() if name.startswith("redis"))]
+    # The two workers of authsvc_w2 run on both cores: counted as the benchmark's on each.
+    load += w.procs["authsvc_w2"].pids()[1:]
     return {
         "service_core": cpuload.sample(w.cfg.service_core, servers),
         "load_core": cpuload.sample(w.cfg.load_core, load),
@@ -523,6 +602,8 @@ TITLES = {
     "bare": "aiohttp bare (baseline)",
     "session": "aiohttp-session RedisStorage (baseline)",
     "me": "authsvc GET /v1/me",
+    "me_ws": "authsvc GET /v1/me, {ws} sessions, a token a request",
+    "me_w2": "authsvc GET /v1/me, --workers 2 (2 cores)",
     "refresh_small": "authsvc refresh, {small} sessions stored",
     "refresh_large": "authsvc refresh, {large} sessions stored",
     "login": "authsvc login (bcrypt cost {cost})",
@@ -536,6 +617,7 @@ def summaries(cfg: Config, runs: dict[str, list[report.Run]]) -> dict[str, repor
     names = {
         "small": _count(cfg.small_store),
         "large": _count(cfg.large_store),
+        "ws": _count(cfg.working_set),
         "cost": SHIPPED.bcrypt_rounds,
     }
     return {
@@ -575,10 +657,20 @@ def meta(w: World, started: float, load_before: tuple[float, ...]) -> dict[str, 
             "authsvc_source": _source(w),
         },
         "stores": {name: dataclasses.asdict(stats) for name, stats in w.fills.items()},
+        "working_set": _ws_meta(w.ws),
         # Runs repeated because other processes on this shared machine took more than
         # max_noise of the service core (see measured_run).
         "discarded_noisy_runs": w.discarded,
     }
+
+
+def _ws_meta(ws: working_set.WorkingSet | None) -> dict[str, Any]:
+    if ws is None:
+        return {}
+    shown = dataclasses.asdict(ws)
+    for secret in ("access_tokens", "refresh_tokens", "made_at"):
+        del shown[secret]
+    return shown
 
 
 def _source(w: World) -> dict[str, Any]:
@@ -618,7 +710,7 @@ def write_outputs(
     cfg = w.cfg
     s = summaries(cfg, runs)
     ceiling = report.Ceiling(tuple(verify), len(os.sched_getaffinity(w.procs["authsvc"].pid)))
-    goals = report.targets(s, ceiling)
+    goals = report.targets(s, ceiling, w.ws.bytes_per_session if w.ws else None)
     cfg.out.mkdir(parents=True, exist_ok=True)
     report.write_json(cfg.out / "results.json", {**report.payload(s, goals, ceiling, extra)})
     subtitle = (
@@ -666,6 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="authsvc-bench-"))
     world = World(cfg, workdir, {}, retries_left=cfg.retry_budget)
     progress = Progress()
+    cfg.out.mkdir(parents=True, exist_ok=True)  # --profile writes there before the results
     progress.note(f"work directory (logs, token files): {workdir}")
     ok = False
     try:

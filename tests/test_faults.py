@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from authsvc.metrics import FLUSH_EVERY
 from authsvc.settings import Settings
 from authsvc.store import client as client_module
 from authsvc.store.client import connect
@@ -134,6 +136,52 @@ async def test_workers_accept_each_others_tokens_and_revocations(
             assert time.monotonic() < deadline, "a worker still accepts a revoked session"
         assert service.stop() == 0
     assert (tmp_path / "data" / "jwks.json").stat().st_mode & 0o777 == 0o600
+
+
+async def test_every_scrape_of_any_worker_shows_the_whole_service(
+    redis_backend: Backend, tmp_path: Path
+) -> None:
+    env = {
+        **redis_backend.env(),
+        "AUTHSVC_KEY_PREFIX": f"metrics{os.getpid()}",
+        "AUTHSVC_BCRYPT_ROUNDS": "4",
+        "AUTHSVC_DATA_DIR": str(tmp_path / "data"),
+    }
+    log = tmp_path / "serve.log"
+    with Service(env, "--workers", "2", log=log) as service:
+        service.wait_ready()
+        deadline = time.monotonic() + 20
+        while len(_listening_pids(log)) < 2:
+            assert time.monotonic() < deadline, "the second worker did not start"
+            await asyncio.sleep(0.05)
+        creds = {"email": "metrics@example.com", "password": "metrics password"}
+        async with aiohttp.ClientSession(service.url) as http:
+            assert (await http.post("/v1/auth/signup", json=creds)).status == 201
+            assert (await http.post("/v1/auth/login", json=creds)).status == 200
+
+        async def on_a_new_connection(path: str) -> tuple[str, str]:
+            """The body, and which worker answered (its request ids' prefix)."""
+            async with aiohttp.ClientSession(service.url) as http:
+                response = await http.get(path)
+                return await response.text(), response.headers["X-Request-Id"][:16]
+
+        for _ in range(30):
+            await on_a_new_connection("/openapi.json")
+        counted = 'authsvc_http_requests_total{route="/openapi.json",status="200"} 30.0'
+        deadline = time.monotonic() + FLUSH_EVERY + 5  # each worker flushes within FLUSH_EVERY
+        while counted not in (await on_a_new_connection("/metrics"))[0]:
+            assert time.monotonic() < deadline, "the workers' request counts never added up"
+            await asyncio.sleep(0.1)
+        scrapes = [await on_a_new_connection("/metrics") for _ in range(30)]
+        assert len({worker for _, worker in scrapes}) == 2, "one worker answered every scrape"
+        for text, _ in scrapes:
+            assert counted in text
+            assert 'authsvc_logins_total{outcome="success"} 1.0' in text
+            assert 'authsvc_http_request_duration_seconds_count{route="/v1/auth/login"} 1.0' in text
+        assert service.stop() == 0
+    metrics_dir = re.findall(r"worker metrics in ([^\"]+)", log.read_text())[0]
+    left = await asyncio.to_thread(os.path.exists, metrics_dir)
+    assert not left, "the workers' metric files were left behind"
 
 
 def _listening_pids(log: Path) -> set[int]:

@@ -246,6 +246,26 @@ async def test_a_message_in_an_unknown_format_makes_the_gate_forget_every_sessio
         assert probes == ["sid1", "sid1"]
 
 
+class _SteadyFeed:
+    epoch = 1
+    healthy = True
+
+
+async def test_the_gate_keeps_the_most_recently_used_sessions() -> None:
+    probes: list[str] = []
+
+    async def probe(user_id: str, session_id: str) -> LiveSession | Ended:
+        probes.append(session_id)
+        return LIVE
+
+    gate = SessionGate(probe, Clock(), recheck_after=60.0, cache_size=2)
+    gate.feed = _SteadyFeed()
+    for session_id in ("a", "b", "a", "c", "a", "b"):
+        assert await gate.admit("uid", session_id) == "gate@example.com"
+    # b was the least recently used when c came in; a stayed throughout.
+    assert probes == ["a", "b", "c", "b"]
+
+
 async def test_a_failed_delivery_is_distrusted_before_anything_else_runs(
     redis_backend: Backend,
 ) -> None:

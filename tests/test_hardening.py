@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from multidict import CIMultiDict
 from authsvc.app import load_keyring
 from authsvc.domain.clock import Clock
 from authsvc.domain.keys import KeyRing, SigningKey, generate_jwks, write_private_jwks
+from authsvc.domain.passwords import HASH_THREAD_NICE, Hasher
 from authsvc.domain.throttle import address_bucket
 from authsvc.settings import Settings, SettingsError, load_settings, risky
 from authsvc.store.keys import Keys
@@ -393,3 +395,18 @@ def test_forwarded_addresses_with_ports_are_read_as_addresses() -> None:
     assert client_ip("10.0.0.1", ["198.51.100.7:5123"], trusted) == "198.51.100.7"
     assert client_ip("10.0.0.1", ["[2001:db8::7]:443"], trusted) == "2001:db8::7"
     assert client_ip("10.0.0.1", ["2001:db8::80"], trusted) == "2001:db8::80"
+
+
+async def test_hash_threads_run_below_the_event_loop() -> None:
+    hasher = Hasher(4, 1)
+    try:
+
+        def nice_here() -> int:
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        loop = asyncio.get_running_loop()
+        in_pool = await loop.run_in_executor(hasher._pool, nice_here)
+        assert in_pool == min(19, nice_here() + HASH_THREAD_NICE)
+        assert await hasher.verify("a password", await hasher.hash("a password"))
+    finally:
+        hasher.close()

@@ -22,7 +22,8 @@ def test_defaults_match_the_contract() -> None:
     assert (s.login_failure_limit, s.login_failure_window) == (10, 900)
     assert (s.ip_rate_limit, s.ip_rate_window) == (300, 60)
     assert s.data_dir == Path(".authsvc")
-    assert len(ENV_VARS) == 27
+    assert len(ENV_VARS) == 29
+    assert (s.token_cache_size, s.session_cache_size) == (100_000, 100_000)
     assert s.session_limit_policy == "evict"
     assert s.clients_file is None
 

@@ -62,3 +62,24 @@ def test_refresh_tokens_are_deterministic_per_generation_and_bound_to_the_key() 
         RefreshTokens(KeyRing.from_jwks(generate_jwks())).parse(token)
     rotated = RefreshTokens(KeyRing(KeyRing.from_jwks(generate_jwks()).keys + ring.keys))
     assert rotated.parse(token) == claims
+
+
+def test_the_verified_token_cache_keeps_the_most_recently_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tokens = AccessTokens(
+        KeyRing.from_jwks(generate_jwks()), issuer="a", audience="a", ttl=60, cache_size=2
+    )
+    a, b, c = (tokens.issue("uid", sid, NOW, NOW + 3600)[0] for sid in ("sa", "sb", "sc"))
+    checked: list[str] = []
+    check = tokens._decode
+
+    def counting(token: str, now: float) -> object:
+        checked.append(token)
+        return check(token, now)
+
+    monkeypatch.setattr(tokens, "_decode", counting)
+    for token in (a, b, a, c, a, b):
+        tokens.verify(token, NOW)
+    # b was the least recently used when c came in; a stayed throughout.
+    assert checked == [a, b, c, b]

@@ -16,7 +16,7 @@ from authsvc.domain.clock import Clock
 from authsvc.domain.errors import InvalidToken
 from authsvc.store.sessions import Ended, LiveSession
 
-LIVE_CACHE_SIZE = 100_000
+SESSION_CACHE_SIZE = 100_000  # default of AUTHSVC_SESSION_CACHE_SIZE
 
 
 class Feed(Protocol):
@@ -44,8 +44,10 @@ class SessionGate:
         clock: Clock,
         *,
         recheck_after: float,
+        cache_size: int = SESSION_CACHE_SIZE,
     ) -> None:
         self._probe = probe
+        self._cache_size = cache_size
         self._clock = clock
         self._recheck_after = recheck_after
         self._live: OrderedDict[str, _Live] = OrderedDict()
@@ -89,6 +91,7 @@ class SessionGate:
             and live.epoch == feed.epoch
             and now - live.checked_at < self._recheck_after
         ):
+            self._live.move_to_end(session_id)  # least recently used goes first
             return live.email
         epoch = feed.epoch if feed is not None else -1
         found = await self._probe(user_id, session_id)
@@ -101,7 +104,7 @@ class SessionGate:
         if feed is not None and feed.healthy and feed.epoch == epoch:
             self._live[session_id] = _Live(email, epoch, now)
             self._live.move_to_end(session_id)
-            if len(self._live) > LIVE_CACHE_SIZE:
+            if len(self._live) > self._cache_size:
                 self._live.popitem(last=False)
         return email
 

@@ -7,6 +7,7 @@ import dataclasses
 import hmac
 import re
 import secrets
+from collections import OrderedDict
 from typing import Any
 
 import jwt
@@ -17,7 +18,7 @@ from authsvc.domain.keys import KeyRing
 
 MAX_ACCESS_TOKEN_LENGTH = 4096
 MAX_REFRESH_TOKEN_LENGTH = 256
-VERIFIED_CACHE_SIZE = 16_384
+TOKEN_CACHE_SIZE = 100_000  # default of AUTHSVC_TOKEN_CACHE_SIZE
 _REQUIRED_CLAIMS = ["iss", "aud", "sub", "sid", "iat", "exp", "jti"]
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _GENERATION = re.compile(r"0|[1-9][0-9]{0,11}")
@@ -55,7 +56,15 @@ class TokenExpired(InvalidToken):
 class AccessTokens:
     """Issue and verify access tokens with a key ring."""
 
-    def __init__(self, keys: KeyRing, *, issuer: str, audience: str, ttl: int) -> None:
+    def __init__(
+        self,
+        keys: KeyRing,
+        *,
+        issuer: str,
+        audience: str,
+        ttl: int,
+        cache_size: int = TOKEN_CACHE_SIZE,
+    ) -> None:
         self._keys = keys
         self.issuer = self._issuer = issuer
         self.audience = self._audience = audience
@@ -66,8 +75,10 @@ class AccessTokens:
         header = {"alg": signing.alg, "kid": signing.kid, "typ": "at+jwt"}
         self._header_segment = _b64(_json(header)) + b"."
         self._sign = jwt.get_algorithm_by_name(signing.alg).sign
-        # Tokens whose signature and claims were checked; only expiry is re-checked.
-        self._verified: dict[str, AccessClaims] = {}
+        # Tokens whose signature and claims were checked, least recently used first; only
+        # expiry is re-checked. Sized for the working set: a miss costs a signature check.
+        self._verified: OrderedDict[str, AccessClaims] = OrderedDict()
+        self._cache_size = cache_size
 
     def issue(
         self, user_id: str, session_id: str, now: float, session_expires_at: float
@@ -94,9 +105,11 @@ class AccessTokens:
         claims = self._verified.get(token)
         if claims is None:
             claims = self._decode(token, now)
-            if len(self._verified) >= VERIFIED_CACHE_SIZE:
-                del self._verified[next(iter(self._verified))]
+            if len(self._verified) >= self._cache_size:
+                self._verified.popitem(last=False)
             self._verified[token] = claims
+        else:
+            self._verified.move_to_end(token)
         if now >= claims.expires_at:
             raise TokenExpired(claims)
         return claims

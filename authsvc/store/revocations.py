@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -64,15 +65,16 @@ class RevocationFeed:
         self.source = ""  # where the current subscription is (a cluster node's name)
         self._subscribed = False
         self._last_reply = 0.0
+        # `healthy` until then (monotonic): the last reply plus DEAD_AFTER while subscribed,
+        # 0 otherwise; one comparison on the hot path.
+        self._trusted_until = 0.0
         self._ready = asyncio.Event()
 
     @property
     def healthy(self) -> bool:
         """True while subscribed and answering: a feed that has gone quiet, or whose task
         died, stops being trusted by itself, without waiting to notice."""
-        return (
-            self._subscribed and asyncio.get_running_loop().time() - self._last_reply < DEAD_AFTER
-        )
+        return time.monotonic() < self._trusted_until
 
     async def wait_subscribed(self) -> None:
         """Wait until the first subscription is live."""
@@ -103,13 +105,14 @@ class RevocationFeed:
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(self._channel)
-            loop = asyncio.get_running_loop()
-            last_ping = self._last_reply = loop.time()
+            last_ping = self._last_reply = time.monotonic()
             while True:
                 message = await pubsub.get_message(timeout=PING_EVERY)
-                now = loop.time()
+                now = time.monotonic()
                 if message is not None:
                     self._last_reply = now
+                    if self._subscribed:
+                        self._trusted_until = now + DEAD_AFTER
                     kind = message["type"]
                     if kind == "message":
                         self._deliver(message["data"])
@@ -119,6 +122,7 @@ class RevocationFeed:
                         self.epoch += 1
                         self.source = source
                         self._subscribed = True
+                        self._trusted_until = now + DEAD_AFTER
                         self._ready.set()
                         log.info("revocation feed subscribed (%s)", source)
                 if now - self._last_reply > DEAD_AFTER:
@@ -141,6 +145,7 @@ class RevocationFeed:
 
     def _reset(self, *, subscribed: bool = False) -> None:
         was, self._subscribed = self._subscribed, subscribed
+        self._trusted_until = time.monotonic() + DEAD_AFTER if subscribed else 0.0
         self.epoch += 1
         if was and self._on_reset is not None:
             self._on_reset()

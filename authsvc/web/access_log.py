@@ -30,22 +30,22 @@ class AccessLog:
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        ts = f"{self._stamp}.{int((now - second) * 1000):03d}Z"
-        duration_ms = round(seconds * 1000, 3)
+        ms = int((now - second) * 1000)
         if self._json:
             # Written out by hand, no encoder: every value is JSON-safe as it is. The request
             # id passed the middleware's pattern, the route is one of ours, and HTTP methods
             # are tokens (no quote or backslash), which the parser already enforced.
-            self._buffer += (
-                f'{{"ts":"{ts}","level":"info","logger":"authsvc.access","msg":"request",'
-                f'"request_id":"{request_id}","method":"{method}","route":"{route}",'
-                f'"status":{status},"duration_ms":{duration_ms}}}\n'
-            ).encode()
+            line = (
+                f'{{"ts":"{self._stamp}.{ms:03d}Z","level":"info","logger":"authsvc.access",'
+                f'"msg":"request","request_id":"{request_id}","method":"{method}",'
+                f'"route":"{route}","status":{status},"duration_ms":{seconds * 1000:.3f}}}\n'
+            )
         else:
             line = (
-                f"{ts} INFO authsvc.access {method} {route} {status} {duration_ms}ms {request_id}\n"
+                f"{self._stamp}.{ms:03d}Z INFO authsvc.access {method} {route} {status} "
+                f"{seconds * 1000:.3f}ms {request_id}\n"
             )
-            self._buffer += line.encode()
+        self._buffer += line.encode()
         if len(self._buffer) >= FLUSH_SIZE:
             self.flush()
 
