@@ -17,7 +17,7 @@ from collections.abc import Callable
 import redis
 from redis.typing import EncodableT, FieldT
 
-from authsvc.domain.service import MAX_USER_AGENT_LENGTH
+from authsvc.store.user_agents import pack
 
 BATCH_USERS = 2_000  # users per pipeline round trip
 USER_AGENTS = (
@@ -135,7 +135,7 @@ def _add_session(
         "gen": rng.randrange(200),
         "c": created,
         "u": last_used,
-        "ua": rng.choice(USER_AGENTS)[:MAX_USER_AGENT_LENGTH],
+        "ua": pack(rng.choice(USER_AGENTS)),  # as SessionStore.create stores it
         "ip": _random_ip(rng),
     }
     key = f"{tag}:s:{session_id}"

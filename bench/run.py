@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import io
 import json
+import math
 import os
 import platform
 import shutil
@@ -48,6 +49,7 @@ LOGIN_ACCOUNTS = 8  # accounts the login load cycles through
 # Seconds after which the working set's access tokens are renewed before a run (they live
 # SHIPPED.access_token_ttl seconds).
 RENEW_AFTER = SHIPPED.access_token_ttl * 0.6
+WARM_RPS = 2_000  # requests/s of a pass where every token is new (a conservative figure)
 HOTSPOTS = 15  # functions listed per profiled scenario
 SETTLE_WINDOW = 0.5  # seconds; see settle()
 SETTLE_TIMEOUT = 20.0
@@ -192,6 +194,7 @@ class World:
     cookie_file: Path = Path()
     fills: dict[str, fill.FillStats] = dataclasses.field(default_factory=dict)
     ws: working_set.WorkingSet | None = None
+    ws_warm: bool = False  # every token of `ws` has been presented once
     retries_left: int = 0
     source_commit: str = ""
     discarded: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -435,9 +438,13 @@ def _working_set(w: World, seconds: int) -> wrk.Load:
     assert w.ws is not None
     if time.monotonic() - w.ws.made_at > RENEW_AFTER:
         w.ws = working_set.renew(w.port("authsvc_ws"), w.ws)
-        # Every new token is checked once (a signature) before the runs see it again.
-        warm = _ws_load(w, max(2, w.cfg.warmup))
+        w.ws_warm = False
+    if not w.ws_warm:
+        # Every token is checked once (a signature, a session probe) before it is measured:
+        # at WARM_RPS, a pass long enough for the threads to reach every token.
+        warm = _ws_load(w, max(w.cfg.warmup, math.ceil(len(w.ws.access_tokens) / WARM_RPS)))
         wrk.run(warm, w.cfg.load_core)
+        w.ws_warm = True
     return _ws_load(w, seconds)
 
 

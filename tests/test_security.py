@@ -255,6 +255,25 @@ async def test_a_check_is_settled_once_and_only_in_its_own_window(
     assert await _throttle_state(client, key) == (1, 0)
 
 
+async def test_a_window_with_nothing_counted_and_nothing_in_flight_is_forgotten(
+    client: Client, settings: Settings
+) -> None:
+    scripts = Scripts(client.app[REDIS])
+    key = Keys(settings.key_prefix).login_failures("forgotten@example.com")
+
+    async def step(op: str, check: str) -> int:
+        return int(await scripts.throttle(keys=[key], args=[3, 60_000, op, 0, check]))
+
+    assert await step("take", "a") == 0
+    assert await step("take", "b") == 0
+    await step("pass", "a")
+    assert await client.app[REDIS].exists(key) == 1  # b is still in flight
+    await step("pass", "b")
+    assert await client.app[REDIS].exists(key) == 0  # a successful login leaves nothing
+    await step("pass", "b")  # a replayed pass finds nothing to settle
+    assert await client.app[REDIS].exists(key) == 0
+
+
 async def test_a_logout_whose_reply_is_lost_is_replayed_and_still_answers_204(
     client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -34,6 +34,7 @@ from authsvc.domain.tokens import (
     new_id,
 )
 from authsvc.metrics import Metrics
+from authsvc.store import user_agents
 from authsvc.store.accounts import AccountRecord, AccountStore
 from authsvc.store.sessions import Refused, Rotation, SessionRow, SessionStore
 
@@ -45,9 +46,6 @@ MAX_EMAIL_LENGTH = 254
 _EMAIL_PART = r"[^@\s\x00-\x1f\x7f-\x9f\ud800-\udfff]+"
 EMAIL_PATTERN = rf"^\s*{_EMAIL_PART}@{_EMAIL_PART}\.{_EMAIL_PART}\s*$"
 _EMAIL = re.compile(EMAIL_PATTERN)
-# Longer User-Agent strings are cut: a session hash whose values all fit in 64 bytes keeps
-# Redis's compact listpack encoding (about 450 instead of 900 bytes a session).
-MAX_USER_AGENT_LENGTH = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,9 +99,10 @@ class SessionInfo:
 
 
 def _user_agent(header: str) -> str:
-    """The first characters of a User-Agent header as storable text: bytes that were not
-    UTF-8, which the HTTP parser keeps as lone surrogates, become "?"."""
-    return header[:MAX_USER_AGENT_LENGTH].encode("utf-8", "replace").decode()
+    """A User-Agent header (its first MAX_LENGTH characters) as storable text: bytes that
+    were not UTF-8, which the HTTP parser keeps as lone surrogates, become "?". The store
+    packs it (store/user_agents.py)."""
+    return header[: user_agents.MAX_LENGTH].encode("utf-8", "replace").decode()
 
 
 def normalize_email(email: str) -> str:

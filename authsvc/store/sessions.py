@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Callable
 from typing import NamedTuple
 
+from authsvc.store import user_agents
 from authsvc.store.client import Client, replicated
 from authsvc.store.keys import Keys
 from authsvc.store.scripts import Scripts
@@ -140,7 +141,7 @@ class SessionStore:
                 limit,
                 k.channel,
                 user_id,
-                user_agent,
+                user_agents.pack(user_agent),
                 ip,
                 password_version,
                 self._shift_ms(),
@@ -186,7 +187,7 @@ class SessionStore:
                 self._shift_ms(),
                 call_id(),
                 k.bell,
-                user_agent,
+                user_agents.pack(user_agent),
                 ip,
             ],
         )
@@ -234,7 +235,13 @@ class SessionStore:
             args=[self._times.idle_ms, self._times.max_ms, self._shift_ms()],
         )
         return [
-            SessionRow(flat[i], int(flat[i + 1]), int(flat[i + 2]), flat[i + 3], flat[i + 4])
+            SessionRow(
+                flat[i],
+                int(flat[i + 1]),
+                int(flat[i + 2]),
+                user_agents.unpack(flat[i + 3]),
+                flat[i + 4],
+            )
             for i in range(0, len(flat), 5)
         ]
 

@@ -23,9 +23,11 @@ local check = 'k' .. (ARGV[5] or '')
 
 if op == 'pass' or op == 'fail' then
   if redis.call('HDEL', key, check) == 1 then
-    redis.call('HINCRBY', key, 'p', -1)
-    if op == 'pass' then
-      redis.call('HINCRBY', key, 'n', -1)
+    local pending = redis.call('HINCRBY', key, 'p', -1)
+    if op == 'pass' and redis.call('HINCRBY', key, 'n', -1) <= 0 and pending <= 0 then
+      -- Nothing counted, nothing in flight: nothing to remember (a successful login
+      -- leaves no key behind for the rest of the window).
+      redis.call('DEL', key)
     end
   end
   return 0
