@@ -17,7 +17,7 @@ from collections.abc import Callable
 import redis
 from redis.typing import EncodableT, FieldT
 
-from authsvc.store.user_agents import pack
+from authsvc.store import addresses, user_agents
 
 BATCH_USERS = 2_000  # users per pipeline round trip
 USER_AGENTS = (
@@ -135,8 +135,9 @@ def _add_session(
         "gen": rng.randrange(200),
         "c": created,
         "u": last_used,
-        "ua": pack(rng.choice(USER_AGENTS)),  # as SessionStore.create stores it
-        "ip": _random_ip(rng),
+        # As SessionStore.create stores them.
+        "ua": user_agents.pack(rng.choice(USER_AGENTS)),
+        "ip": addresses.pack(_random_ip(rng)),
     }
     key = f"{tag}:s:{session_id}"
     pipe.hset(key, mapping=fields)

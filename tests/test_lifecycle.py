@@ -261,7 +261,7 @@ async def test_refresh_moves_session_to_front_of_lru_index(
     assert order == [second["session_id"], first["session_id"]]
 
 
-async def test_a_whole_browser_user_agent_is_listed_from_a_compact_session_hash(
+async def test_the_whole_user_agent_and_the_address_are_listed_from_a_compact_hash(
     client: Client, settings: Settings
 ) -> None:
     agent = (
@@ -271,11 +271,13 @@ async def test_a_whole_browser_user_agent_is_listed_from_a_compact_session_hash(
     user_id = await signup(client, "agent@example.com")
     tokens = await login(client, "agent@example.com", **{"User-Agent": agent})
     listed = await (await client.get("/v1/sessions", headers=bearer(tokens))).json()
-    assert [s["user_agent"] for s in listed["sessions"]] == [agent]
+    assert [(s["user_agent"], s["ip"]) for s in listed["sessions"]] == [(agent, "127.0.0.1")]
     r = raw_redis(settings)
     key = f"{settings.key_prefix}:{{u:{user_id}}}:s:{tokens['session_id']}"
     stored, encoding = await r.hget(key, "ua"), await r.object("encoding", key)
+    address = await r.hget(key, "ip")
     await r.aclose()
+    assert address == str(0x7F000001 - (1 << 31)).encode()  # 127.0.0.1 as a 32-bit number
     assert stored is not None
     assert len(stored) <= 40
     assert encoding == b"listpack"

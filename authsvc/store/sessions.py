@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Callable
 from typing import NamedTuple
 
-from authsvc.store import user_agents
+from authsvc.store import addresses, user_agents
 from authsvc.store.client import Client, replicated
 from authsvc.store.keys import Keys
 from authsvc.store.scripts import Scripts
@@ -142,7 +142,7 @@ class SessionStore:
                 k.channel,
                 user_id,
                 user_agents.pack(user_agent),
-                ip,
+                addresses.pack(ip),
                 password_version,
                 self._shift_ms(),
                 policy,
@@ -188,7 +188,7 @@ class SessionStore:
                 call_id(),
                 k.bell,
                 user_agents.pack(user_agent),
-                ip,
+                addresses.pack(ip),
             ],
         )
         outcome = Rotation(int(reply[0]))
@@ -240,7 +240,7 @@ class SessionStore:
                 int(flat[i + 1]),
                 int(flat[i + 2]),
                 user_agents.unpack(flat[i + 3]),
-                flat[i + 4],
+                addresses.unpack(flat[i + 4]),
             )
             for i in range(0, len(flat), 5)
         ]

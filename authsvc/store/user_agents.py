@@ -1,6 +1,6 @@
 """User agents as session hashes store them: deflated against a dictionary of the fragments
 that browsers' User-Agent headers are made of. A full browser user agent (100 to 150
-characters) then takes 20 to 30 bytes, and every session hash stays within Redis's compact
+characters) then takes 15 to 30 bytes, and every session hash stays within Redis's compact
 listpack encoding (values up to `hash-max-listpack-value`, 64 bytes by default; one longer
 value turns the hash into a hashtable, about 300 bytes more)."""
 
@@ -14,7 +14,7 @@ MAX_LENGTH = 512  # characters of a User-Agent header that are kept, before pack
 MAX_STORED = 64  # bytes of a stored value: Redis's default hash-max-listpack-value
 # Starts a packed value. Never the first character of a stored User-Agent: the HTTP parser
 # refuses control characters in header values, and `pack` drops any that get this far.
-MARKER = "\x01"
+MARKER = "\x01"  # followed by base85 (no quote, backslash or slash: JSON carries it as is)
 # What user agents are made of, not any particular one: versions are left out, and the
 # most common fragments come last (deflate reaches the end of its window most cheaply).
 # Packed values are decoded with this very text: it may only ever be appended to in a new
@@ -72,7 +72,7 @@ def unpack(stored: str) -> str:
     if not stored.startswith(MARKER):
         return stored
     try:
-        data = base64.urlsafe_b64decode(stored[1:] + "=" * (-(len(stored) - 1) % 4))
+        data = base64.b85decode(stored[1:])
         inflate = zlib.decompressobj(-_WINDOW_BITS, zdict=_DICTIONARY)
         return inflate.decompress(data, 4 * MAX_LENGTH).decode("utf-8", "replace")
     except (ValueError, zlib.error):
@@ -86,5 +86,5 @@ def _shorter(text: str) -> str:
         9, zlib.DEFLATED, -_WINDOW_BITS, 2, zlib.Z_DEFAULT_STRATEGY, _DICTIONARY
     )
     data = deflate.compress(text.encode("utf-8", "replace")) + deflate.flush()
-    packed = MARKER + base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    packed = MARKER + base64.b85encode(data).decode()
     return packed if len(packed) < len(text.encode()) else text

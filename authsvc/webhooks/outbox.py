@@ -16,7 +16,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from authsvc.domain.clock import rfc3339
-from authsvc.store import user_agents
+from authsvc.store import addresses, user_agents
 from authsvc.store.client import Client
 from authsvc.store.keys import Keys
 from authsvc.store.scripts import Scripts
@@ -200,8 +200,11 @@ class Outbox:
             webhook_id = f"evt_{await self._salt(stream)}_{entry_id}"
             try:
                 data = json.loads(fields["d"])
-                if "user_agent" in data:  # as the session hash keeps it (user_agents.pack)
+                # Session events carry the user agent and address as the hash keeps them.
+                if "user_agent" in data:
                     data["user_agent"] = user_agents.unpack(data["user_agent"])
+                if "ip" in data:
+                    data["ip"] = addresses.unpack(data["ip"])
                 event = Event(stream, entry_id, fields["t"], int(fields["ms"]), data, webhook_id)
             except (KeyError, ValueError, TypeError, AttributeError):
                 event = Event(stream, entry_id, "", 0, {}, webhook_id)

@@ -1,9 +1,11 @@
-"""User agents as session hashes keep them: packed, whole where they fit, always readable."""
+"""User agents and client addresses as session hashes keep them: packed, whole where they
+fit, always readable."""
 
 from __future__ import annotations
 
 import pytest
 
+from authsvc.store import addresses
 from authsvc.store.user_agents import MARKER, MAX_STORED, pack, unpack
 
 BROWSERS = [
@@ -57,3 +59,21 @@ def test_a_value_stored_before_packing_reads_as_it_is_and_garbage_reads_as_nothi
     )
     assert unpack(MARKER + "!!not base64!!") == ""
     assert unpack(MARKER + "AAAA") == ""
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["0.0.0.0", "127.0.0.1", "203.0.113.45", "255.255.255.255"],  # noqa: S104
+)
+def test_an_ipv4_address_is_stored_as_a_32_bit_number(address: str) -> None:
+    stored = addresses.pack(address)
+    assert -(1 << 31) <= int(stored) < 1 << 31
+    assert addresses.unpack(stored) == address
+
+
+@pytest.mark.parametrize("address", ["2001:db8::1", "::ffff:10.0.0.1", ""])
+def test_other_addresses_are_stored_as_text_and_old_values_read_as_they_are(address: str) -> None:
+    assert addresses.pack(address) == address
+    assert addresses.unpack(address) == address
+    assert addresses.unpack("10.1.2.3") == "10.1.2.3"  # stored before packing
+    assert addresses.unpack(str(1 << 40)) == ""  # not anything pack writes
