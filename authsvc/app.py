@@ -10,7 +10,7 @@ import secrets
 import socket
 import stat
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from authsvc.domain.passwords import Hasher
 from authsvc.domain.service import AuthService, Policy
 from authsvc.domain.throttle import Throttle
 from authsvc.domain.tokens import AccessTokens, RefreshTokens
+from authsvc.metrics import FLUSH_EVERY as METRICS_FLUSH_EVERY
 from authsvc.metrics import Metrics
 from authsvc.settings import Settings
 from authsvc.store import client as redis_client
@@ -36,6 +37,7 @@ from authsvc.store.revocations import Revocation, RevocationFeed, RevocationStre
 from authsvc.store.scripts import Scripts
 from authsvc.store.sessions import SessionStore, SessionTimes
 from authsvc.store.throttles import ThrottleStore
+from authsvc.web.access_log import FLUSH_EVERY as ACCESS_LOG_FLUSH_EVERY
 from authsvc.web.access_log import AccessLog
 from authsvc.web.admin import routes as admin_routes
 from authsvc.web.context import (
@@ -149,14 +151,20 @@ async def _access_log(app: web.Application) -> AsyncIterator[None]:
         json=settings.log_format == "json",
         enabled=logging.getLogger("authsvc.access").isEnabledFor(logging.INFO),
     )
-    flusher = asyncio.create_task(access_log.run(), name="authsvc.access_log")
+    flusher = asyncio.create_task(
+        _flush_every(ACCESS_LOG_FLUSH_EVERY, access_log.flush), name="authsvc.access_log"
+    )
     yield
     await _stop(flusher)
 
 
 async def _metrics(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
-    flusher = asyncio.create_task(metrics.run(), name="authsvc.metrics") if metrics.shared else None
+    flusher = None
+    if metrics.shared:  # with several workers: request counts go to the shared files
+        flusher = asyncio.create_task(
+            _flush_every(METRICS_FLUSH_EVERY, metrics.flush), name="authsvc.metrics"
+        )
     yield
     if flusher is not None:
         await _stop(flusher)
@@ -327,6 +335,16 @@ async def _stop(*tasks: asyncio.Task[None]) -> None:
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             log.warning("%s failed: %r", task.get_name(), task.exception())
+
+
+async def _flush_every(seconds: float, flush: Callable[[], None]) -> None:
+    """Call `flush` every `seconds` until cancelled, then once more."""
+    try:
+        while True:
+            await asyncio.sleep(seconds)
+            flush()
+    finally:
+        flush()
 
 
 async def _prune(gate: SessionGate, every: float) -> None:

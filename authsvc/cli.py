@@ -28,7 +28,7 @@ from authsvc.settings import Settings, SettingsError, load_settings, risky
 log = logging.getLogger("authsvc")
 
 new_event_loop: Callable[[], asyncio.AbstractEventLoop]
-try:  # uvloop (a third more requests a core) is a dependency where it installs
+try:  # uvloop (a faster event loop) is a dependency where it installs
     from uvloop import new_event_loop
 except ImportError:  # pragma: no cover - not on Windows: asyncio's own loop
     from asyncio import new_event_loop

@@ -11,7 +11,6 @@ scrape, so the hot path stays a dict update."""
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import os
 from collections.abc import Iterator
@@ -176,12 +175,3 @@ class Metrics:
         """In multiprocess mode, write this worker's request counts out for scrapes."""
         if self._shared_http is not None:
             self._shared_http.flush()
-
-    async def run(self) -> None:
-        """Flush every FLUSH_EVERY seconds until cancelled, then once more."""
-        try:
-            while True:
-                await asyncio.sleep(FLUSH_EVERY)
-                self.flush()
-        finally:
-            self.flush()

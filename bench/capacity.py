@@ -36,7 +36,7 @@ from authsvc.store.sessions import SessionStore, SessionTimes
 
 GIB = 1 << 30
 ENCODING_SAMPLE = 1000  # session hashes whose encoding is counted
-TARGET_BYTES_PER_SESSION = 400
+TARGET_BYTES_PER_SESSION = 350  # issue 13
 IDLE_TTL_MS = 1_209_600_000  # config/authsvc.example.toml: session_idle_ttl
 MAX_TTL_MS = 2_592_000_000  # session_max_ttl
 # Real user agents, 46 to 139 characters (mean 113 as drawn), of several versions each:

@@ -106,18 +106,7 @@ async def test_sigterm_finishes_requests_in_flight_and_exits_zero(
 async def test_workers_accept_each_others_tokens_and_revocations(
     redis_backend: Backend, tmp_path: Path
 ) -> None:
-    env = {
-        **redis_backend.env(),
-        "AUTHSVC_KEY_PREFIX": f"workers{os.getpid()}",
-        "AUTHSVC_BCRYPT_ROUNDS": "4",
-        "AUTHSVC_DATA_DIR": str(tmp_path / "data"),
-    }
-    with Service(env, "--workers", "2", log=tmp_path / "serve.log") as service:
-        service.wait_ready()
-        deadline = time.monotonic() + 20
-        while len(_listening_pids(tmp_path / "serve.log")) < 2:
-            assert time.monotonic() < deadline, "the second worker did not start"
-            await asyncio.sleep(0.05)
+    with await _two_workers(redis_backend, tmp_path, "workers") as service:
         creds = {"email": "workers@example.com", "password": "workers password"}
         async with aiohttp.ClientSession(service.url) as http:
             assert (await http.post("/v1/auth/signup", json=creds)).status == 201
@@ -141,19 +130,7 @@ async def test_workers_accept_each_others_tokens_and_revocations(
 async def test_every_scrape_of_any_worker_shows_the_whole_service(
     redis_backend: Backend, tmp_path: Path
 ) -> None:
-    env = {
-        **redis_backend.env(),
-        "AUTHSVC_KEY_PREFIX": f"metrics{os.getpid()}",
-        "AUTHSVC_BCRYPT_ROUNDS": "4",
-        "AUTHSVC_DATA_DIR": str(tmp_path / "data"),
-    }
-    log = tmp_path / "serve.log"
-    with Service(env, "--workers", "2", log=log) as service:
-        service.wait_ready()
-        deadline = time.monotonic() + 20
-        while len(_listening_pids(log)) < 2:
-            assert time.monotonic() < deadline, "the second worker did not start"
-            await asyncio.sleep(0.05)
+    with await _two_workers(redis_backend, tmp_path, "metrics") as service:
         creds = {"email": "metrics@example.com", "password": "metrics password"}
         async with aiohttp.ClientSession(service.url) as http:
             assert (await http.post("/v1/auth/signup", json=creds)).status == 201
@@ -179,9 +156,30 @@ async def test_every_scrape_of_any_worker_shows_the_whole_service(
             assert 'authsvc_logins_total{outcome="success"} 1.0' in text
             assert 'authsvc_http_request_duration_seconds_count{route="/v1/auth/login"} 1.0' in text
         assert service.stop() == 0
-    metrics_dir = re.findall(r"worker metrics in ([^\"]+)", log.read_text())[0]
+    metrics_dir = re.findall(r"worker metrics in ([^\"]+)", service.log.read_text())[0]
     left = await asyncio.to_thread(os.path.exists, metrics_dir)
     assert not left, "the workers' metric files were left behind"
+
+
+async def _two_workers(backend: Backend, tmp_path: Path, prefix: str) -> Service:
+    """`authsvc serve --workers 2`, once both workers listen."""
+    env = {
+        **backend.env(),
+        "AUTHSVC_KEY_PREFIX": f"{prefix}{os.getpid()}",
+        "AUTHSVC_BCRYPT_ROUNDS": "4",
+        "AUTHSVC_DATA_DIR": str(tmp_path / "data"),
+    }
+    service = Service(env, "--workers", "2", log=tmp_path / "serve.log")
+    try:
+        service.wait_ready()
+        deadline = time.monotonic() + 20
+        while len(_listening_pids(service.log)) < 2:
+            assert time.monotonic() < deadline, "the second worker did not start"
+            await asyncio.sleep(0.05)
+    except BaseException:
+        service.stop()
+        raise
+    return service
 
 
 def _listening_pids(log: Path) -> set[int]:

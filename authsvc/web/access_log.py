@@ -4,7 +4,6 @@ batches. Same shape as every other log line: JSON with ts, level, logger, msg an
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import BinaryIO
 
@@ -55,12 +54,3 @@ class AccessLog:
             self._stream.write(self._buffer)
             self._stream.flush()
             self._buffer.clear()
-
-    async def run(self) -> None:
-        """Flush periodically until cancelled, then once more."""
-        try:
-            while True:
-                await asyncio.sleep(FLUSH_EVERY)
-                self.flush()
-        finally:
-            self.flush()
