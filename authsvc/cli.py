@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -111,6 +112,8 @@ def _serve(host: str, port: int, workers: int, config: Path | None) -> int:
         return 2
     for warning in risky(settings):
         log.warning(warning)
+    if os.environ.get(MULTIPROC_DIR):
+        _forget_metrics_of_earlier_runs(Path(os.environ[MULTIPROC_DIR]))
     if workers == 1:
         _run_worker(settings, host, port, reuse_port=False)
         return 0
@@ -147,9 +150,6 @@ def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
     own_dir = not given
     metrics_dir = Path(given or tempfile.mkdtemp(prefix="authsvc-metrics-"))
     try:
-        if not own_dir:  # files of an earlier run would be counted again
-            for stale in metrics_dir.glob("*.db"):
-                stale.unlink()
         os.environ[MULTIPROC_DIR] = str(metrics_dir)  # the workers inherit it
         log.info("worker metrics in %s", metrics_dir)
         return _run_workers(settings, host, port, workers)
@@ -157,6 +157,15 @@ def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
         if own_dir:
             del os.environ[MULTIPROC_DIR]
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _forget_metrics_of_earlier_runs(directory: Path) -> None:
+    # A directory given in PROMETHEUS_MULTIPROC_DIR: the files an earlier run left there
+    # would be counted again. Only prometheus_client's own files are removed.
+    for kind in ("counter", "gauge_*", "histogram", "summary"):
+        for stale in directory.glob(f"{kind}_*.db"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
 
 def _run_workers(settings: Settings, host: str, port: int, workers: int) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
+from authsvc.cli import _forget_metrics_of_earlier_runs
 from authsvc.domain.keys import KeyRing
 from tests.process import Service
 
@@ -100,3 +101,18 @@ def test_config_file_sets_the_same_keys_and_environment_wins(tmp_path: Path) -> 
     config.write_text("session_limit = 3\nunknown_key = 1\n")
     result = _authsvc("serve", "--config", str(config))
     assert "unknown_key" in result.stderr
+
+
+def test_a_given_metrics_directory_loses_only_the_metric_files_of_earlier_runs(
+    tmp_path: Path,
+) -> None:
+    stale = ["counter_11.db", "gauge_mostrecent_11.db", "histogram_12.db", "summary_12.db"]
+    for name in [*stale, "keep.db", "counter-notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "counter_dir.db").mkdir()  # not a file: left alone, no crash
+    _forget_metrics_of_earlier_runs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "counter-notes.txt",
+        "counter_dir.db",
+        "keep.db",
+    ]

@@ -187,8 +187,9 @@ class SessionStore:
                 self._shift_ms(),
                 call_id(),
                 k.bell,
-                user_agents.pack(user_agent),
-                addresses.pack(ip),
+                # Only a reuse event reads these: with webhooks off nothing is packed.
+                user_agents.pack(user_agent) if k.bell else "",
+                addresses.pack(ip) if k.bell else "",
             ],
         )
         outcome = Rotation(int(reply[0]))

@@ -51,20 +51,14 @@ assert len(_DICTIONARY) <= 1 << _WINDOW_BITS
 
 @functools.lru_cache(maxsize=4096)  # user agents repeat: every refresh passes its own
 def pack(user_agent: str) -> str:
-    """The stored form of `user_agent`: packed where that is shorter, and cut at the end,
-    as little as needed, to fit MAX_STORED bytes."""
-    text = "".join(c for c in user_agent if c >= " " and c != "\x7f")
+    """The stored form of `user_agent`: packed where that is shorter, and whole where that
+    fits MAX_STORED bytes; else its first MAX_STORED bytes, as text. One compression at
+    most, so that a client sending a new agent each time costs little."""
+    text = "".join(c for c in user_agent if (c >= " " and c != "\x7f") or c == "\t")
     stored = _shorter(text)
     if len(stored.encode()) <= MAX_STORED:
         return stored
-    low, high = 0, len(text)  # the longest prefix that fits: `low` fits, `high` does not
-    while high - low > 1:
-        middle = (low + high) // 2
-        if len(_shorter(text[:middle]).encode()) <= MAX_STORED:
-            low = middle
-        else:
-            high = middle
-    return _shorter(text[:low])
+    return text.encode()[:MAX_STORED].decode("utf-8", "ignore")
 
 
 def unpack(stored: str) -> str:
