@@ -48,6 +48,7 @@ def test_multibyte_text_is_counted_in_bytes() -> None:
 def test_control_characters_never_reach_the_store_but_tabs_do() -> None:
     assert pack(MARKER + "agent\x00/1\x7f") == "agent/1"
     assert pack("agent\t/1") == "agent\t/1"
+    assert pack("caf\udce9 browser") == "caf? browser"  # a lone surrogate from the parser
 
 
 def test_a_value_stored_before_packing_reads_as_it_is_and_garbage_reads_as_nothing() -> None:

@@ -1,6 +1,6 @@
 """User agents as session hashes store them: deflated against a dictionary of the fragments
 that browsers' User-Agent headers are made of. A full browser user agent (100 to 150
-characters) then takes 15 to 30 bytes, and every session hash stays within Redis's compact
+characters) then takes 14 to 30 bytes, and every session hash stays within Redis's compact
 listpack encoding (values up to `hash-max-listpack-value`, 64 bytes by default; one longer
 value turns the hash into a hashtable, about 300 bytes more)."""
 
@@ -55,6 +55,7 @@ def pack(user_agent: str) -> str:
     fits MAX_STORED bytes; else its first MAX_STORED bytes, as text. One compression at
     most, so that a client sending a new agent each time costs little."""
     text = "".join(c for c in user_agent if (c >= " " and c != "\x7f") or c == "\t")
+    text = text.encode("utf-8", "replace").decode()  # lone surrogates become "?"
     stored = _shorter(text)
     if len(stored.encode()) <= MAX_STORED:
         return stored
