@@ -100,9 +100,10 @@ class Ceiling:
 
     @property
     def verify_s(self) -> float:
-        """The fastest verify: other load on a shared core only ever adds time, so this is
-        the best estimate of bcrypt's own cost (and the strictest ceiling)."""
-        return min(self.verify_seconds)
+        """The median verify: the same statistic as the login rps it is compared with, whose
+        rounds meet the same noise on the shared core. (The fastest of N samples is an
+        extreme value that keeps falling as N grows; it is reported beside.)"""
+        return statistics.median(self.verify_seconds)
 
     @property
     def rps(self) -> float:
@@ -197,11 +198,9 @@ def table(s: Mapping[str, Summary], goals: Sequence[Target], ceiling: Ceiling) -
     )
     lines.append("")
     lines.append(
-        f"bcrypt verify at the service's cost: {ceiling.verify_s * 1000:.1f} ms (fastest of "
-        f"{len(ceiling.verify_seconds)}, median "
-        f"{statistics.median(ceiling.verify_seconds) * 1000:.1f} ms); "
-        f"ceiling = {ceiling.cores} core(s) ÷ fastest = "
-        f"{ceiling.rps:.2f} logins/s"
+        f"bcrypt verify at the service's cost: {ceiling.verify_s * 1000:.1f} ms (median of "
+        f"{len(ceiling.verify_seconds)}, fastest {min(ceiling.verify_seconds) * 1000:.1f} ms); "
+        f"ceiling = {ceiling.cores} core(s) ÷ median = {ceiling.rps:.2f} logins/s"
     )
     lines.append("")
     lines.append(f"{'target':<44} {'value':>8} {'goal':>10}  met")
@@ -237,8 +236,8 @@ def payload(
         **meta,
         "bcrypt": {
             "verify_seconds": list(ceiling.verify_seconds),
-            "verify_s_fastest": ceiling.verify_s,
-            "verify_s_median": statistics.median(ceiling.verify_seconds),
+            "verify_s_fastest": min(ceiling.verify_seconds),
+            "verify_s_median": ceiling.verify_s,
             "service_cores": ceiling.cores,
             "ceiling_rps": ceiling.rps,
         },

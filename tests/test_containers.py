@@ -255,8 +255,17 @@ def test_the_compose_stack_serves_survives_a_restart_and_stops_with_0(
                 lambda: _ok(_refresh(port, tokens)), 90, "a refresh after the restart"
             )
             assert status == 200
-            if profile == "ha":  # authsvc found the primary through the Sentinels
+            if profile == "ha":
                 assert _named_primary(engine, project) == "redis-primary"
+                tokens = _fail_over(engine, project, port, tokens)
+                # A restart after the failover keeps the roles Sentinel gave (the files in
+                # the volumes), and the session made before both.
+                run_compose("stop")
+                run_compose("up", "-d")
+                _until(lambda: _healthy(engine, container), 120, f"{container} healthy again")
+                status, tokens = _until(lambda: _ok(_refresh(port, tokens)), 90, "a refresh")
+                assert status == 200
+                assert _named_primary(engine, project) == "redis-replica"
 
         engine.run("stop", "-t", "20", container)
         assert engine.inspect(container)["State"]["ExitCode"] == 0
@@ -269,6 +278,43 @@ def test_the_compose_stack_serves_survives_a_restart_and_stops_with_0(
                 capture_output=True,
                 timeout=300,
             )
+
+
+def _fail_over(engine: Engine, project: str, port: int, tokens: dict[str, Any]) -> dict[str, Any]:
+    """Freeze the primary (its name stays resolvable, as a hung host's would); the Sentinels
+    promote the replica and authsvc follows; the session made before still refreshes."""
+    primary, replica = f"{project}_redis-primary_1", f"{project}_redis-replica_1"
+    sentinels = [f"{project}_redis-sentinel-{n}_1" for n in (1, 2, 3)]
+    # The replica has all the primary had, and every Sentinel knows it for a good one.
+    _until(lambda: _in_sync(engine, replica, sentinels), 60, "the replica in sync")
+    engine.run("pause", primary)
+    try:
+        try:
+            status, tokens = _until(
+                lambda: _ok(_refresh(port, tokens)), 90, "service after the failover"
+            )
+        except AssertionError as failure:
+            logs = [engine.run("logs", "--tail", "30", name, check=False) for name in sentinels]
+            raise AssertionError("\n".join([str(failure), *logs])) from None
+        assert status == 200
+        assert _named_primary(engine, project) == "redis-replica"
+        _flow(port, "after-failover@example.com")
+    finally:
+        engine.run("unpause", primary, check=False)
+    return tokens
+
+
+def _in_sync(engine: Engine, replica: str, sentinels: list[str]) -> bool:
+    info = engine.run("exec", replica, "redis-cli", "info", "replication")
+    if "master_link_status:up" not in info:
+        return False
+    for sentinel in sentinels:
+        command = ["redis-cli", "-p", "26379", "sentinel", "replicas", "mymaster"]
+        fields = engine.run("exec", sentinel, *command).split("\n")
+        view = dict(zip(fields[::2], fields[1::2], strict=False))
+        if view.get("flags") != "slave" or view.get("master-link-status") != "ok":
+            return False
+    return True
 
 
 def _named_primary(engine: Engine, project: str) -> str:
