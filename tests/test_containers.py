@@ -102,30 +102,45 @@ class Engine:
         return found[0]
 
 
-@contextlib.contextmanager
-def health_checks(engine: Engine, label: str) -> Iterator[None]:
-    """Run the health checks of the containers whose names start with `label`, every
-    second, while the block runs."""
-    stop = threading.Event()
+class HealthChecks:
+    """Runs the health checks of the containers whose names start with `label` every second,
+    as an engine with systemd would. podman 4.3 keeps a container's failing streak across a
+    restart (Docker starts it afresh), so checks are held off while the stack stops: a check
+    that met a container on its way down would count against it after the restart, and
+    compose refuses to start what depends on an unhealthy container."""
 
-    def check() -> None:
-        while not stop.is_set():
-            try:
-                names = engine.run("ps", "--format", "{{.Names}}", check=False).split()
-                for name in names:
-                    if name.startswith(label):
-                        engine.run("healthcheck", "run", name, check=False, timeout=30)
-            except subprocess.TimeoutExpired:
-                pass  # a slow check is tried again; the test's own deadlines decide
-            stop.wait(1.0)
+    def __init__(self, engine: Engine, label: str) -> None:
+        self._engine = engine
+        self._label = label
+        self._stop = threading.Event()
+        self._turn = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    thread = threading.Thread(target=check, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=60)
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._turn:
+                try:
+                    names = self._engine.run("ps", "--format", "{{.Names}}", check=False).split()
+                    for name in names:
+                        if name.startswith(self._label):
+                            self._engine.run("healthcheck", "run", name, check=False, timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass  # a slow check is tried again; the test's own deadlines decide
+            self._stop.wait(1.0)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """No checks while the block runs."""
+        with self._turn:
+            yield
+
+    def __enter__(self) -> HealthChecks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -237,20 +252,26 @@ def test_the_compose_stack_serves_survives_a_restart_and_stops_with_0(
             timeout=timeout,
         )
         assert done.returncode == 0, (
-            f"docker-compose {' '.join(args)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+            f"docker-compose {' '.join(args)}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}\n"
+            + _health_report(engine, project)
         )
 
     container = f"{project}_{service}_1"
     try:
-        with health_checks(engine, project):
+        with HealthChecks(engine, project) as checks:
+
+            def restart() -> None:
+                with checks.held():
+                    run_compose("stop")
+                run_compose("up", "-d")
+                _until(lambda: _healthy(engine, container), 120, f"{container} healthy again")
+
             run_compose("up", "-d", "--build", timeout=UP_TIMEOUT)
             _until(lambda: _healthy(engine, container), 120, f"{container} healthy")
             tokens = _flow(port, f"{profile}@example.com")
 
             # Everything stops and starts again: the sessions are in Redis's files.
-            run_compose("stop")
-            run_compose("up", "-d")
-            _until(lambda: _healthy(engine, container), 120, f"{container} healthy again")
+            restart()
             status, tokens = _until(
                 lambda: _ok(_refresh(port, tokens)), 90, "a refresh after the restart"
             )
@@ -260,9 +281,7 @@ def test_the_compose_stack_serves_survives_a_restart_and_stops_with_0(
                 tokens = _fail_over(engine, project, port, tokens)
                 # A restart after the failover keeps the roles Sentinel gave (the files in
                 # the volumes), and the session made before both.
-                run_compose("stop")
-                run_compose("up", "-d")
-                _until(lambda: _healthy(engine, container), 120, f"{container} healthy again")
+                restart()
                 status, tokens = _until(lambda: _ok(_refresh(port, tokens)), 90, "a refresh")
                 assert status == 200
                 assert _named_primary(engine, project) == "redis-replica"
@@ -315,6 +334,25 @@ def _in_sync(engine: Engine, replica: str, sentinels: list[str]) -> bool:
         if view.get("flags") != "slave" or view.get("master-link-status") != "ok":
             return False
     return True
+
+
+def _health_report(engine: Engine, label: str) -> str:
+    """Each container's health: status, failing streak and its last checks' output."""
+    lines = []
+    for name in engine.run("ps", "-a", "--format", "{{.Names}}", check=False).split():
+        if name.startswith(label):
+            try:
+                health = engine.inspect(name)["State"].get("Health") or {}
+            except AssertionError:  # gone meanwhile
+                continue
+            last = [
+                (entry.get("ExitCode"), entry.get("Output", "").strip()[:80])
+                for entry in (health.get("Log") or [])[-3:]
+            ]
+            lines.append(
+                f"{name}: {health.get('Status')} streak {health.get('FailingStreak')} {last}"
+            )
+    return "\n".join(lines)
 
 
 def _named_primary(engine: Engine, project: str) -> str:
