@@ -223,8 +223,9 @@ def test_the_compose_stack_serves_survives_a_restart_and_stops_with_0(
 ) -> None:
     project = f"authsvcci{os.getpid()}{profile}"
     service, port_variable = PROFILES[profile]
-    port = free_port()
-    env = {**engine.env, port_variable: str(port)}
+    # Every published port moved, not only this profile's: the default authsvc comes up too.
+    env = {**engine.env, **{variable: str(free_port()) for _, variable in PROFILES.values()}}
+    port = int(env[port_variable])
     for name in BUILD_FILES:
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(
