@@ -61,7 +61,7 @@ class HiredisPackingConnection(Connection):
     hiredis's C packer when hiredis is installed (it is: redis[hiredis]). This connection
     uses that packer too: the same bytes at less than half the cost."""
 
-    _packer = HiredisRespSerializer()
+    _packer = HiredisRespSerializer()  # type: ignore[no-untyped-call, unused-ignore]
 
     def pack_command(self, *args: Any) -> list[bytes]:
         packed: list[bytes] = self._packer.pack(*args)
@@ -377,7 +377,7 @@ def connect_sentinel(sentinels: tuple[tuple[str, int], ...], service: str) -> Bo
         "retry": NO_RETRY,
         "retry_on_error": [],
     }
-    manager = Sentinel(list(sentinels), sentinel_kwargs=lookups)  # type: ignore[no-untyped-call]
+    manager = Sentinel(list(sentinels), sentinel_kwargs=lookups)  # type: ignore[no-untyped-call, unused-ignore]
     client: BoundedRedis = manager.master_for(
         service,
         redis_class=BoundedRedis,

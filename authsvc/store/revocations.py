@@ -139,7 +139,7 @@ class RevocationFeed:
             # meanwhile the gate must not admit from what this subscription taught it.
             self._reset()
             try:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             finally:
                 await client.aclose()
 

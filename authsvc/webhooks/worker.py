@@ -296,7 +296,7 @@ class WebhookWorker:
                             self._wake.set()
                 finally:
                     with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                     await client.aclose()
             except Exception as exc:
                 log.debug("webhook doorbell lost: %r", exc)
