@@ -38,7 +38,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id")
     if request_id is None or not _REQUEST_ID.fullmatch(request_id):
         request_id = f"{_ID_PREFIX}{next(_sequence):08x}"
-    metrics = request.app[METRICS]
+    app = request.app
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     try:
@@ -46,25 +46,27 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except AuthError as exc:
         response = error_response(exc)
         if isinstance(exc, RateLimited):
-            metrics.throttled.labels(route).inc()
+            app[METRICS].throttled.labels(route).inc()
     except web.HTTPException as exc:
         response = error_response(_from_http(exc))
     except (RedisError, OSError) as exc:
-        metrics.redis_errors.inc()
+        app[METRICS].redis_errors.inc()
         log.warning("storage unavailable: %s", type(exc).__name__, extra={"request_id": request_id})
         response = error_response(Unavailable(retry_after=1))
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id})
         response = error_response(AuthError())
     if not response.prepared:  # a stream has sent its headers (see oauth.revocations)
-        response.headers["X-Request-Id"] = request_id
+        headers = response.headers
+        headers["X-Request-Id"] = request_id
         # Not aiohttp's, which names its own and Python's versions.
-        response.headers["Server"] = "authsvc"
+        headers["Server"] = "authsvc"
     elapsed = time.perf_counter() - started
-    metrics.http.observe(route, response.status, elapsed)
-    access_log = request.app[ACCESS_LOG]
+    status = response.status
+    app[METRICS].http.observe(route, status, elapsed)
+    access_log = app[ACCESS_LOG]
     if access_log.enabled:
-        access_log.write(request_id, request.method, route, response.status, elapsed)
+        access_log.write(request_id, request.method, route, status, elapsed)
     return response
 
 
