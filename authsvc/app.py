@@ -56,8 +56,8 @@ from authsvc.web.context import (
     THROTTLE,
 )
 from authsvc.web.handlers import routes
-from authsvc.web.middleware import observe
 from authsvc.web.oauth import routes as oauth_routes
+from authsvc.web.observe import add_routes
 from authsvc.web.schemas import MAX_BODY
 from authsvc.webhooks.outbox import Outbox
 from authsvc.webhooks.worker import (
@@ -126,16 +126,14 @@ def create_app(
     settings: Settings, *, clock: Clock = system_clock, keyring: KeyRing | None = None
 ) -> web.Application:
     """The authsvc application for `settings`; storage is opened on start-up."""
-    app = web.Application(middlewares=[observe], client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[KEYRING] = keyring or load_keyring(settings)
     app[CLIENTS] = load_clients(settings)
     app[STREAMS] = streams = RevocationStreams()
     app.on_shutdown.append(lambda _: _end_streams(streams))
-    app.router.add_routes(routes)
-    app.router.add_routes(oauth_routes)
-    app.router.add_routes(admin_routes)
+    add_routes(app, routes, oauth_routes, admin_routes)
     app.cleanup_ctx.append(_access_log)
     app.cleanup_ctx.append(_metrics)
     app.cleanup_ctx.append(_storage)

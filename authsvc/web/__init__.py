@@ -1,1 +1,1 @@
-"""HTTP layer: routes, handlers, middleware, request schemas, errors, OpenAPI."""
+"""HTTP layer: routes, handlers and what observes them, request schemas, errors, OpenAPI."""

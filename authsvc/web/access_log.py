@@ -46,7 +46,7 @@ class AccessLog:
             ms = int((now - second) * 1000)
             if self._json:
                 # Written out by hand, no encoder: every value is JSON-safe as it is. The
-                # request id passed the middleware's pattern, the route is one of ours, and
+                # request id passed observe.py's pattern, the route is one of ours, and
                 # HTTP methods are tokens (no quote or backslash), which the parser enforced.
                 lines.append(
                     f'{{"ts":"{stamp}.{ms:03d}Z","level":"info","logger":"authsvc.access",'

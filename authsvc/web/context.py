@@ -1,4 +1,4 @@
-"""Typed application keys: everything handlers and middleware reach through the app."""
+"""Typed application keys: everything handlers reach through the app."""
 
 from __future__ import annotations
 
