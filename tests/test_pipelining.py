@@ -1,5 +1,5 @@
 """The single-server client: automatic pipelining of scripts (BoundedRedis.evalsha_batched)
-and command packing by hiredis."""
+over its shared connection (store/channel.py), and command packing by hiredis."""
 
 from __future__ import annotations
 
@@ -35,16 +35,19 @@ def _store(client: BoundedRedis, name: str) -> SessionStore:
     )
 
 
-def _count_pipelines(client: BoundedRedis, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    made: list[int] = []
-    pipeline = client.pipeline
+def _count_batches(client: BoundedRedis, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of commands in each batch the client's channel sends from now on."""
+    sent: list[int] = []
+    channel = client.channel
+    assert channel is not None
+    send = channel.send
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        made.append(1)
-        return pipeline(*args, **kwargs)
+    async def counting(commands: Any) -> Any:
+        sent.append(len(commands))
+        return await send(commands)
 
-    monkeypatch.setattr(client, "pipeline", counting)
-    return made
+    monkeypatch.setattr(channel, "send", counting)
+    return sent
 
 
 async def _logged_in(store: SessionStore, client: BoundedRedis, user: str, sessions: int) -> None:
@@ -68,7 +71,7 @@ async def test_concurrent_script_calls_travel_in_one_pipeline(
     users = [f"u{i}" for i in range(50)]
     for user in users:
         await _logged_in(store, client, user, 1)
-    made = _count_pipelines(client, monkeypatch)
+    sent = _count_batches(client, monkeypatch)
     results = await asyncio.gather(
         *(
             store.rotate(
@@ -79,7 +82,7 @@ async def test_concurrent_script_calls_travel_in_one_pipeline(
     )
     assert [r.outcome for r in results] == [Rotation.ROTATED] * 50
     assert [r.generation for r in results] == [1] * 50
-    assert made == [1]
+    assert sent == [50]
 
 
 async def test_a_batch_after_a_script_flush_loads_the_script_and_answers_every_call(
@@ -125,13 +128,14 @@ def test_hiredis_packing_sends_the_bytes_redis_py_would() -> None:
     assert b"".join(ours) == b"".join(Connection().pack_command(*args))
 
 
-def test_tls_and_unix_socket_urls_keep_their_own_connection_class() -> None:
-    def connection_class(url: str) -> type:
+def test_tls_and_unix_socket_urls_keep_their_own_connection_class_and_no_channel() -> None:
+    def connection_class(url: str) -> tuple[type, bool]:
         client = connect(url, cluster=False)
         assert isinstance(client, BoundedRedis)
         cls: type = client.connection_pool.connection_class
-        return cls
+        return cls, client.channel is not None
 
-    assert connection_class("redis://127.0.0.1:6379/0") is HiredisPackingConnection
-    assert connection_class("rediss://127.0.0.1:6379/0") is SSLConnection
-    assert connection_class("unix:///tmp/redis.sock") is UnixDomainSocketConnection
+    # Scripts travel on a channel (plain TCP) only where the connections are plain TCP.
+    assert connection_class("redis://127.0.0.1:6379/0") == (HiredisPackingConnection, True)
+    assert connection_class("rediss://127.0.0.1:6379/0") == (SSLConnection, False)
+    assert connection_class("unix:///tmp/redis.sock") == (UnixDomainSocketConnection, False)

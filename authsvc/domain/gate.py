@@ -77,22 +77,33 @@ class SessionGate:
             return found.reason
         return ""
 
-    async def admit(self, user_id: str, session_id: str) -> str:
-        """The session's email if it is live; InvalidToken if it ended."""
-        if session_id in self._revoked:
-            raise _ended(self._revoked[session_id][1])
-        now = self._clock()
-        feed = self.feed
+    def known_live(self, session_id: str, now: float) -> str | None:
+        """The session's email if this process knows that it is live, without a round
+        trip; None if Redis must be asked (`admit`). A revoked session is never known live:
+        `revoked` forgets it."""
         live = self._live.get(session_id)
+        if live is None:
+            return None
+        feed = self.feed
         if (
-            live is not None
-            and feed is not None
+            feed is not None
             and feed.healthy
             and live.epoch == feed.epoch
             and now - live.checked_at < self._recheck_after
         ):
             self._live.move_to_end(session_id)  # least recently used goes first
             return live.email
+        return None
+
+    async def admit(self, user_id: str, session_id: str) -> str:
+        """The session's email if it is live; InvalidToken if it ended."""
+        if session_id in self._revoked:
+            raise _ended(self._revoked[session_id][1])
+        now = self._clock()
+        email = self.known_live(session_id, now)
+        if email is not None:
+            return email
+        feed = self.feed
         epoch = feed.epoch if feed is not None else -1
         found = await self._probe(user_id, session_id)
         if isinstance(found, Ended):

@@ -20,6 +20,8 @@ from redis.exceptions import ClusterError, RedisClusterException, RedisError, Re
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from authsvc.store.channel import Address, Channel
+
 log = logging.getLogger(__name__)
 
 Client: TypeAlias = "aioredis.Redis | RedisCluster"
@@ -94,6 +96,8 @@ class BoundedRedis(aioredis.Redis):
       refresh's client time. Nothing waits for a batch to fill: it is sent on the next loop
       iteration, so a lone call goes out at once. A pipeline that meets a connection error
       is sent again whole by redis-py, which is safe because every script is idempotent.
+      On a server reached over plain TCP (directly or through Sentinel) the batches travel
+      on a `Channel` of their own instead of redis-py's pipelines (see channel.py).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -101,6 +105,7 @@ class BoundedRedis(aioredis.Redis):
         self._gate = asyncio.Semaphore(POOL_SIZE)
         self._batch: list[_Call] = []
         self._senders: set[asyncio.Task[None]] = set()
+        self.channel: Channel | None = None
         # Online replicas the primary reported at the last look (`watch_replicas`). Behind
         # Sentinel there are replicas by design: `replicated` always waits there.
         self.replicas = 0
@@ -127,6 +132,8 @@ class BoundedRedis(aioredis.Redis):
                     # Idle ones only: cutting one in use under a command breaks it with a
                     # non-Redis error; those in use are idle by a later look.
                     await self.connection_pool.disconnect(inuse_connections=False)
+                    if self.channel is not None:
+                        self.channel.drop()
                 else:  # online ones only: one in its first sync acknowledges nothing yet
                     self.replicas = sum(
                         1
@@ -187,6 +194,8 @@ class BoundedRedis(aioredis.Redis):
         a closed pool, still open)."""
         if self._senders:
             await asyncio.wait(self._senders, timeout=POOL_WAIT)
+        if self.channel is not None:
+            self.channel.close()
         await super().aclose(close_connection_pool)
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
@@ -216,10 +225,15 @@ class BoundedRedis(aioredis.Redis):
         try:
             await _take_turn(self._gate)
             try:
-                pipe = self.pipeline(transaction=False)
-                for call in batch:
-                    pipe.evalsha(call.sha, len(call.keys), *call.keys, *call.args)
-                replies = await pipe.execute(raise_on_error=False)
+                if self.channel is not None:
+                    replies = await self.channel.send(
+                        [("EVALSHA", c.sha, len(c.keys), *c.keys, *c.args) for c in batch]
+                    )
+                else:
+                    pipe = self.pipeline(transaction=False)
+                    for call in batch:
+                        pipe.evalsha(call.sha, len(call.keys), *call.keys, *call.args)
+                    replies = await pipe.execute(raise_on_error=False)
             finally:
                 self._gate.release()
         except Exception as exc:
@@ -348,16 +362,42 @@ def connect(url: str, *, cluster: bool) -> Client:
         return BoundedRedisCluster.from_url(
             url, max_connections=POOL_SIZE, retry=_retry(), reinitialize_steps=0, **common
         )
-    if url.startswith("redis://"):  # rediss:// and unix:// bring their own connection class
+    plain = url.startswith("redis://")  # rediss:// and unix:// bring their own connections
+    if plain:
         common["connection_class"] = HiredisPackingConnection
     # BoundedRedis keeps to POOL_SIZE commands in flight; the client owns its pool and
     # closes it with itself.
-    return BoundedRedis.from_url(
+    client: BoundedRedis = BoundedRedis.from_url(  # type: ignore[assignment]
         url,
         max_connections=POOL_SIZE,
         retry=_retry(),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         **common,
+    )
+    if plain:
+        kwargs = client.connection_pool.connection_kwargs
+        server = (str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379)))
+
+        async def address() -> tuple[str, int]:
+            return server
+
+        client.channel = _channel(address, kwargs)
+    return client
+
+
+def _channel(address: Address, kwargs: dict[str, Any]) -> Channel:
+    """A Channel to `address` with the credentials, database and name of a pool's
+    connection settings."""
+    setup: list[tuple[Any, ...]] = []
+    if kwargs.get("password") is not None:
+        user = kwargs.get("username")
+        setup.append(("AUTH", user, kwargs["password"]) if user else ("AUTH", kwargs["password"]))
+    if kwargs.get("db"):
+        setup.append(("SELECT", kwargs["db"]))
+    if kwargs.get("client_name"):
+        setup.append(("CLIENT", "SETNAME", kwargs["client_name"]))
+    return Channel(
+        address, setup=setup, connect_timeout=CONNECT_TIMEOUT, reply_timeout=SOCKET_TIMEOUT
     )
 
 
@@ -389,6 +429,9 @@ def connect_sentinel(sentinels: tuple[tuple[str, int], ...], service: str) -> Bo
         **timeouts,
     )
     client.behind_sentinel = True
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    client.channel = _channel(pool.get_master_address, pool.connection_kwargs)
     return client
 
 

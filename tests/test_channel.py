@@ -1,0 +1,156 @@
+"""The shared, pipelined script connection (store/channel.py): replies in order, errors in
+place, and recovery from every way a connection fails."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+from authsvc.store.channel import Channel
+from authsvc.store.client import connect
+from tests.conftest import RedisServer
+
+
+def _channel(port: int, *, setup: list[tuple[object, ...]] | None = None) -> Channel:
+    async def address() -> tuple[str, int]:
+        return "127.0.0.1", port
+
+    return Channel(address, setup=setup or [], connect_timeout=0.5, reply_timeout=0.3)
+
+
+async def test_concurrent_batches_get_their_own_replies_in_order(
+    redis_server: RedisServer,
+) -> None:
+    channel = _channel(redis_server.port)
+    try:
+
+        async def batch(n: int) -> list[object]:
+            return await channel.send([("ECHO", f"{n}-{i}") for i in range(n % 7 + 1)])
+
+        replies = await asyncio.gather(*(batch(n) for n in range(200)))
+        assert replies == [[f"{n}-{i}" for i in range(n % 7 + 1)] for n in range(200)]
+    finally:
+        channel.close()
+
+
+async def test_an_error_reply_takes_its_own_place_only(redis_server: RedisServer) -> None:
+    channel = _channel(redis_server.port)
+    try:
+        replies = await channel.send(
+            [("ECHO", "a"), ("EVALSHA", "0" * 40, 0), ("INCRBY", "x", "y"), ("ECHO", "b")]
+        )
+        assert replies[0] == "a"
+        assert isinstance(replies[1], NoScriptError)
+        assert type(replies[2]) is ResponseError
+        assert replies[3] == "b"
+    finally:
+        channel.close()
+
+
+async def test_setup_selects_the_database_of_the_url(redis_server: RedisServer) -> None:
+    channel = _channel(redis_server.port, setup=[("SELECT", 5), ("CLIENT", "SETNAME", "t")])
+    try:
+        await channel.send([("SET", "channel-db-test", "5")])
+        assert await channel.send([("CLIENT", "GETNAME")]) == ["t"]
+    finally:
+        channel.close()
+    plain = redis.Redis(port=redis_server.port, db=5)
+    try:
+        assert plain.get("channel-db-test") == b"5"
+    finally:
+        plain.close()
+
+
+async def test_a_killed_connection_is_replaced_and_the_batch_sent_again(
+    redis_server: RedisServer,
+) -> None:
+    channel = _channel(redis_server.port)
+    admin = redis.Redis(port=redis_server.port)
+    try:
+        await channel.send([("CLIENT", "SETNAME", "victim")])
+        killed = admin.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        assert await channel.send([("ECHO", "again")]) == ["again"]
+    finally:
+        channel.close()
+        admin.close()
+
+
+async def test_the_client_sends_scripts_over_its_channel(redis_server: RedisServer) -> None:
+    client = connect(redis_server.url, cluster=False)
+    assert client.channel is not None  # type: ignore[union-attr]
+    try:
+        sha = await client.script_load("return ARGV[1]")
+        replies = await asyncio.gather(
+            *(client.evalsha_batched(sha, [], [str(i)]) for i in range(50))  # type: ignore[union-attr]
+        )
+        assert replies == [str(i) for i in range(50)]
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _fake_redis(
+    answer: Callable[[int], bytes | None],
+) -> AsyncIterator[tuple[int, list[int]]]:
+    """A server on loopback that answers every read on its n-th connection with
+    `answer(n)` (None: never answers); yields its port and the connections it has had."""
+    connections: list[int] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = len(connections)
+        connections.append(number)
+        writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                reply = answer(number)
+                if reply is not None:
+                    writer.write(reply)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], connections
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"-READONLY You can't write against a read only replica.\r\n",  # a demoted primary
+        b"%%% not RESP\r\n",  # garbled
+        None,  # hung: no answer within the reply timeout
+    ],
+)
+async def test_a_failing_connection_is_dropped_and_a_new_one_answers(first: bytes | None) -> None:
+    async with _fake_redis(lambda n: first if n == 0 else b"+OK\r\n") as (port, connections):
+        channel = _channel(port)
+        try:
+            assert await channel.send([("SET", "k", "v")]) == ["OK"]
+        finally:
+            channel.close()
+        assert len(connections) == 2
+
+
+async def test_a_server_that_never_answers_fails_with_connection_error_in_bounded_time() -> None:
+    async with _fake_redis(lambda n: None) as (port, connections):
+        channel = _channel(port)
+        try:
+            async with asyncio.timeout(3):
+                with pytest.raises(RedisConnectionError):
+                    await channel.send([("PING",)])
+        finally:
+            channel.close()
+        assert len(connections) == 3  # the first try and two retries, each on a new connection
