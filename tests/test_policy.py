@@ -638,7 +638,7 @@ async def test_tokens_that_were_never_issued_get_no_reason_even_for_an_ended_ses
     now = clock()
     forged_access = [
         "garbage",
-        stranger.issue(user_id, sid, now, now + 900)[0],  # another key, the ended session
+        (await stranger.issue(user_id, sid, now, now + 900))[0],  # another key, the ended session
         tokens["refresh_token"],
         tokens["access_token"][:-4] + "AAAA",
     ]

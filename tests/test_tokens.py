@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import jwt
 import pytest
 from joserfc import jwt as jose_jwt
@@ -9,16 +11,19 @@ from joserfc.jwk import KeySet
 
 from authsvc.domain.errors import InvalidGrant, InvalidToken
 from authsvc.domain.keys import KeyRing, generate_jwks
+from authsvc.domain.signing import BatchSigner
 from authsvc.domain.tokens import AccessTokens, RefreshTokens
 
 NOW = 1_800_000_000.0
 
 
 @pytest.mark.parametrize("alg", ["ES256", "EdDSA", "RS256"])
-def test_access_tokens_of_every_algorithm_verify_here_and_with_jwks_elsewhere(alg: str) -> None:
+async def test_access_tokens_of_every_algorithm_verify_here_and_with_jwks_elsewhere(
+    alg: str,
+) -> None:
     ring = KeyRing.from_jwks(generate_jwks(alg))
     tokens = AccessTokens(ring, issuer="authsvc", audience="api", ttl=900)
-    token, expires_in = tokens.issue("user", "session", NOW, NOW + 10_000)
+    token, expires_in = await tokens.issue("user", "session", NOW, NOW + 10_000)
     assert expires_in == 900
     claims = tokens.verify(token, NOW + 1)
     assert (claims.user_id, claims.session_id, claims.expires_at) == ("user", "session", NOW + 900)
@@ -42,10 +47,10 @@ def test_access_tokens_of_every_algorithm_verify_here_and_with_jwks_elsewhere(al
         tokens.verify(token, NOW + 900)
 
 
-def test_access_token_of_another_key_ring_is_refused() -> None:
+async def test_access_token_of_another_key_ring_is_refused() -> None:
     mine = AccessTokens(KeyRing.from_jwks(generate_jwks()), issuer="a", audience="a", ttl=60)
     theirs = AccessTokens(KeyRing.from_jwks(generate_jwks()), issuer="a", audience="a", ttl=60)
-    token, _ = theirs.issue("user", "session", NOW, NOW + 60)
+    token, _ = await theirs.issue("user", "session", NOW, NOW + 60)
     with pytest.raises(InvalidToken):
         mine.verify(token, NOW)
 
@@ -64,13 +69,13 @@ def test_refresh_tokens_are_deterministic_per_generation_and_bound_to_the_key() 
     assert rotated.parse(token) == claims
 
 
-def test_the_verified_token_cache_keeps_the_most_recently_used(
+async def test_the_verified_token_cache_keeps_the_most_recently_used(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tokens = AccessTokens(
         KeyRing.from_jwks(generate_jwks()), issuer="a", audience="a", ttl=60, cache_size=2
     )
-    a, b, c = (tokens.issue("uid", sid, NOW, NOW + 3600)[0] for sid in ("sa", "sb", "sc"))
+    a, b, c = [(await tokens.issue("uid", sid, NOW, NOW + 3600))[0] for sid in ("sa", "sb", "sc")]
     checked: list[str] = []
     check = tokens._decode
 
@@ -83,3 +88,27 @@ def test_the_verified_token_cache_keeps_the_most_recently_used(
         tokens.verify(token, NOW)
     # b was the least recently used when c came in; a stayed throughout.
     assert checked == [a, b, c, b]
+
+
+async def test_signatures_asked_for_together_are_made_together_each_its_own() -> None:
+    events: list[tuple[str, bytes]] = []
+
+    def sign(data: bytes) -> bytes:
+        events.append(("sign", data))
+        if data == b"bad":
+            raise ValueError("refused")
+        return b"sig-" + data
+
+    signer = BatchSigner(sign)
+
+    async def ask(data: bytes) -> bytes:
+        events.append(("ask", data))
+        return await signer(data)
+
+    asked = [b"0", b"1", b"bad", b"3"]
+    results = await asyncio.gather(*(ask(d) for d in asked), return_exceptions=True)
+    assert results[:2] == [b"sig-0", b"sig-1"]
+    assert results[3] == b"sig-3"
+    assert isinstance(results[2], ValueError)  # only that caller's
+    assert [kind for kind, _ in events] == ["ask"] * 4 + ["sign"] * 4  # one batch
+    assert await signer(b"alone") == b"sig-alone"  # a lone request is not kept waiting

@@ -190,7 +190,9 @@ class AuthService:
             },
         )
         at = created.created_ms / 1000
-        return self._tokens(account.user_id, session_id, 0, now=at, created_at=at, last_used_at=at)
+        return await self._tokens(
+            account.user_id, session_id, 0, now=at, created_at=at, last_used_at=at
+        )
 
     async def refresh(self, refresh_token: str, *, ip: str, user_agent: str) -> TokenSet:
         """Rotate a refresh token (see rotate_session.lua for grace and reuse); `ip` and
@@ -221,7 +223,7 @@ class AuthService:
             self._metrics.refreshes.labels("invalid").inc()
             raise InvalidGrant("session ended", reason=result.reason)
         self._metrics.refreshes.labels("success").inc()
-        return self._tokens(
+        return await self._tokens(
             claims.user_id,
             claims.session_id,
             result.generation,
@@ -378,7 +380,7 @@ class AuthService:
         )
         return len(ended)
 
-    def _tokens(
+    async def _tokens(
         self,
         user_id: str,
         session_id: str,
@@ -393,7 +395,7 @@ class AuthService:
         # The access token's iat is this process's time, and it ends with the session at
         # the latest: what is left of the session is measured in Redis's time.
         local = self._clock()
-        access, expires_in = self._access.issue(
+        access, expires_in = await self._access.issue(
             user_id, session_id, local, local + expires_at - now
         )
         return TokenSet(

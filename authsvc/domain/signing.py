@@ -1,0 +1,40 @@
+"""Signatures made in batches: the access tokens that requests ask for in one event-loop
+iteration are signed together, one right after another.
+
+Under load a refresh's ES256 signature cost about 45 µs in the service, against 22 µs in a
+loop of signatures: between two requests' signatures the rest of the request (Python,
+aiohttp, the socket) pushes OpenSSL's code and tables out of the CPU's caches. Requests
+arrive in groups (the replies of one Redis batch wake them together), so signing a group in
+one go keeps them warm. Measured with the benchmark's refresh load: 0.74x -> 0.88x the
+session baseline. A lone request waits one loop iteration, not for others."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class BatchSigner:
+    """`await signer(data)`: the signature of `data`, made with the others of its batch."""
+
+    def __init__(self, sign: Callable[[bytes], bytes]) -> None:
+        self._sign = sign
+        self._batch: list[tuple[bytes, asyncio.Future[bytes]]] = []
+
+    def __call__(self, data: bytes) -> asyncio.Future[bytes]:
+        loop = asyncio.get_running_loop()
+        if not self._batch:
+            loop.call_soon(self._sign_batch)
+        future: asyncio.Future[bytes] = loop.create_future()
+        self._batch.append((data, future))
+        return future
+
+    def _sign_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        for data, future in batch:
+            if future.done():  # its caller was cancelled
+                continue
+            try:
+                future.set_result(self._sign(data))
+            except Exception as exc:  # a key the library refuses: that caller's error
+                future.set_exception(exc)
