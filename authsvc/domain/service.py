@@ -63,8 +63,7 @@ class Policy:
         return min(last_used_at + self.idle_ttl, created_at + self.max_ttl)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class TokenSet:
+class TokenSet(NamedTuple):
     """What login and refresh return."""
 
     access_token: str
@@ -139,6 +138,9 @@ class AuthService:
         self._policy = policy
         self._clock = clock
         self._metrics = metrics
+        # The outcomes of nearly every login and refresh, looked up once.
+        self._logged_in = metrics.logins.labels("success")
+        self._refreshed = metrics.refreshes.labels("success")
 
     async def signup(self, email: str, password: str, ip: str) -> tuple[str, str]:
         """Register an account; returns (user_id, normalized email)."""
@@ -180,7 +182,7 @@ class AuthService:
         for victim in created.evicted:
             self._gate.revoked(victim, "evicted")
         self._metrics.evictions.inc(len(created.evicted))
-        self._metrics.logins.labels("success").inc()
+        self._logged_in.inc()
         log.info(
             "login",
             extra={
@@ -222,7 +224,7 @@ class AuthService:
         if result.outcome is Rotation.UNKNOWN:
             self._metrics.refreshes.labels("invalid").inc()
             raise InvalidGrant("session ended", reason=result.reason)
-        self._metrics.refreshes.labels("success").inc()
+        self._refreshed.inc()
         return await self._tokens(
             claims.user_id,
             claims.session_id,

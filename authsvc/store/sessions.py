@@ -74,8 +74,7 @@ class Rotation(enum.Enum):
     REUSED = 2
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RotateResult:
+class RotateResult(NamedTuple):
     """A rotation's outcome; the other fields are set when ROTATED (times: Redis's, ms)."""
 
     outcome: Rotation
