@@ -15,7 +15,7 @@ import msgspec
 
 from authsvc.domain.errors import InvalidGrant, InvalidToken
 from authsvc.domain.keys import KeyRing
-from authsvc.domain.signing import BatchSigner
+from authsvc.domain.signing import BatchSigner, jws_signer
 
 MAX_ACCESS_TOKEN_LENGTH = 4096
 MAX_REFRESH_TOKEN_LENGTH = 256
@@ -75,8 +75,7 @@ class AccessTokens:
         signing = keys.signing
         header = {"alg": signing.alg, "kid": signing.kid, "typ": "at+jwt"}
         self._header_segment = _b64(_json(header)) + b"."
-        sign = jwt.get_algorithm_by_name(signing.alg).sign
-        self._sign = BatchSigner(lambda data: sign(data, signing.signer))
+        self._sign = BatchSigner(jws_signer(signing.alg, signing.signer))
         # Tokens whose signature and claims were checked, least recently used first; only
         # expiry is re-checked. Sized for the working set: a miss costs a signature check.
         self._verified: OrderedDict[str, AccessClaims] = OrderedDict()

@@ -46,6 +46,7 @@ class _Protocol(asyncio.Protocol):
         )
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
         self.lost: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -55,7 +56,7 @@ class _Protocol(asyncio.Protocol):
         """Write `count` packed commands; a future for each reply."""
         if self.lost is not None or self._transport is None:
             raise RedisConnectionError(f"Redis connection lost: {self.lost!r}")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         futures = [loop.create_future() for _ in range(count)]
         self._waiting.extend(futures)
         self._transport.write(packed)

@@ -104,6 +104,7 @@ class BoundedRedis(aioredis.Redis):
         super().__init__(*args, **kwargs)
         self._gate = asyncio.Semaphore(POOL_SIZE)
         self._batch: list[_Call] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the current batch's
         self._senders: set[asyncio.Task[None]] = set()
         self.channel: Channel | None = None
         # Online replicas the primary reported at the last look (`watch_replicas`). Behind
@@ -208,8 +209,9 @@ class BoundedRedis(aioredis.Redis):
     def evalsha_batched(self, sha: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
         """EVALSHA in the next batch; the future has the reply or the error (NoScriptError
         when the script is not loaded: it did not run)."""
-        loop = asyncio.get_running_loop()
-        if not self._batch:
+        loop = self._loop
+        if not self._batch or loop is None:  # once a batch: see signing.BatchSigner
+            loop = self._loop = asyncio.get_running_loop()
             loop.call_soon(self._send_batch)
         future: asyncio.Future[Any] = loop.create_future()
         self._batch.append(_Call(sha, keys, args, future))
@@ -217,7 +219,8 @@ class BoundedRedis(aioredis.Redis):
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, []
-        sender = asyncio.ensure_future(self._send(batch))
+        assert self._loop is not None  # set with the batch's first call
+        sender = self._loop.create_task(self._send(batch))
         self._senders.add(sender)  # a reference until done, so it is not collected
         sender.add_done_callback(self._senders.discard)
 
