@@ -154,3 +154,14 @@ async def test_a_server_that_never_answers_fails_with_connection_error_in_bounde
         finally:
             channel.close()
         assert len(connections) == 3  # the first try and two retries, each on a new connection
+
+
+async def test_a_refused_setup_fails_the_batch_with_redis_s_error(
+    redis_server: RedisServer,
+) -> None:
+    channel = _channel(redis_server.port, setup=[("SELECT", 99)])  # no such database
+    try:
+        with pytest.raises(ResponseError):
+            await channel.send([("PING",)])
+    finally:
+        channel.close()

@@ -161,19 +161,27 @@ class Channel:
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._connect_timeout):
-            host, port = await self._address()
-            _, protocol = await loop.create_connection(_Protocol, host, port)
-            if self._setup_count:
-                futures = protocol.send(self._setup, self._setup_count)
-                await futures[-1]
-                for future in futures:
-                    if isinstance(future.result(), ResponseError):
-                        protocol.close(future.result())
-                        raise future.result()
+        # The lookup has its own bounds (a Sentinel is asked with SENTINEL_TIMEOUT each).
+        host, port = await self._address()
+        protocol = None
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, protocol = await loop.create_connection(_Protocol, host, port)
+                if self._setup_count:
+                    futures = protocol.send(self._setup, self._setup_count)
+                    await futures[-1]
+                    for future in futures:
+                        if isinstance(future.result(), ResponseError):
+                            raise future.result()
+        except BaseException as exc:
+            if protocol is not None:
+                protocol.close(exc)
+            raise
         self._protocol = protocol
         return protocol
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection, and stop making one."""
+        if self._connecting is not None:
+            self._connecting.cancel()
         self.drop()
