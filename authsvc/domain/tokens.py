@@ -22,7 +22,11 @@ MAX_REFRESH_TOKEN_LENGTH = 256
 TOKEN_CACHE_SIZE = 100_000  # default of AUTHSVC_TOKEN_CACHE_SIZE
 _REQUIRED_CLAIMS = ["iss", "aud", "sub", "sid", "iat", "exp", "jti"]
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_GENERATION = re.compile(r"0|[1-9][0-9]{0,11}")
+# <user>.<session>.<generation>.<mac>: the body (group 1) and its parts, and the MAC (URL-safe
+# base64 like the ids: compare_digest refuses non-ASCII text with a TypeError).
+_REFRESH_TOKEN = re.compile(
+    r"(([A-Za-z0-9_-]{1,64})\.([A-Za-z0-9_-]{1,64})\.(0|[1-9][0-9]{0,11}))\.([A-Za-z0-9_-]{1,64})"
+)
 
 
 def new_id() -> str:
@@ -178,18 +182,14 @@ class RefreshTokens:
         """The claims of an authentic token; InvalidGrant otherwise."""
         if len(token) > MAX_REFRESH_TOKEN_LENGTH:
             raise InvalidGrant("malformed refresh token")
-        parts = token.split(".")
-        if len(parts) != 4:
+        match = _REFRESH_TOKEN.fullmatch(token)
+        if match is None:
             raise InvalidGrant("malformed refresh token")
-        user_id, session_id, generation, mac = parts
-        if not (_ID.fullmatch(user_id) and _ID.fullmatch(session_id)) or not _GENERATION.fullmatch(
-            generation
-        ):
-            raise InvalidGrant("malformed refresh token")
-        body = f"{user_id}.{session_id}.{generation}"
-        if not any(hmac.compare_digest(_mac(key, body), mac) for key in self._mac_keys):
-            raise InvalidGrant("invalid refresh token")
-        return RefreshClaims(user_id, session_id, int(generation))
+        body, user_id, session_id, generation, mac = match.groups()
+        for key in self._mac_keys:
+            if hmac.compare_digest(_mac(key, body), mac):
+                return RefreshClaims(user_id, session_id, int(generation))
+        raise InvalidGrant("invalid refresh token")
 
 
 _json = msgspec.json.Encoder().encode
