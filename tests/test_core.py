@@ -6,10 +6,15 @@ import asyncio
 import io
 import json
 import re
+import traceback
+
+import pytest
 
 from authsvc.domain.clock import Clock
+from authsvc.domain.errors import NotFound
 from authsvc.settings import Settings
 from authsvc.web.access_log import AccessLog
+from authsvc.web.observe import _refuse
 from tests.conftest import ClientFactory, with_
 from tests.helpers import PASSWORD, Client, bearer, login, me_status, raw_redis, refresh, signup
 
@@ -179,3 +184,17 @@ async def test_metrics_count_requests_by_route_and_outcomes(client: Client) -> N
     assert 'authsvc_logins_total{outcome="success"} 1.0' in text
     assert 'authsvc_logins_total{outcome="failure"} 1.0' in text
     assert "authsvc_http_request_duration_seconds_bucket" in text
+
+
+async def test_every_refusal_raises_an_error_of_its_own() -> None:
+    # One instance raised again and again keeps growing its traceback (and every request's
+    # frames with it).
+    refuse = _refuse(NotFound)
+    raised = []
+    for _ in range(3):
+        with pytest.raises(NotFound) as caught:
+            await refuse(None)  # type: ignore[arg-type]
+        raised.append(caught.value)
+    assert len({id(error) for error in raised}) == 3
+    depths = {len(traceback.extract_tb(error.__traceback__)) for error in raised}
+    assert len(depths) == 1

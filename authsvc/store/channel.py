@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -27,8 +26,6 @@ import hiredis
 from redis._parsers import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
-
-log = logging.getLogger(__name__)
 
 # Pauses (seconds) before sending a failed batch again: as many retries as redis-py's
 # client does with the same errors (store.client._retry).

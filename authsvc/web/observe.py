@@ -2,14 +2,14 @@
 
 A wrapper added with each route, not an aiohttp middleware: aiohttp's middleware chain
 costs about 2 µs a request (measured in the benchmark's `GET /v1/me`, whose whole budget is
-about 45), and each wrapper knows its route's name and the app's metrics and access log
-without a lookup. Requests that match no route reach routes of their own: every path has a
-route for methods it does not serve (JSON 405 with Allow), and a last route takes every
-other path (JSON 404). (Only the request target `*` of `OPTIONS *` matches no path: it gets
-aiohttp's plain 404.)"""
+about 45), and each wrapper knows its route's name and the app's metrics without a lookup.
+Requests that match no route reach routes of their own: every path has a route for methods
+it does not serve (JSON 405 with Allow), and a last route takes every other path (JSON 404).
+(Only the request target `*` of `OPTIONS *` matches no path: it gets aiohttp's plain 404.)"""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -60,9 +60,9 @@ def add_routes(app: web.Application, *tables: web.RouteTableDef) -> None:
             if route.method == hdrs.METH_GET and route.kwargs.get("allow_head", True):
                 resource.add_route(hdrs.METH_HEAD, handler)
                 allowed.add(hdrs.METH_HEAD)
-        refusal = MethodNotAllowed(", ".join(sorted(allowed)))
-        resource.add_route(hdrs.METH_ANY, observed(app, _refuse(refusal), path))
-    app.router.add_route(hdrs.METH_ANY, "/{path:.*}", observed(app, _refuse(NotFound()), UNMATCHED))
+        refuse = _refuse(functools.partial(MethodNotAllowed, ", ".join(sorted(allowed))))
+        resource.add_route(hdrs.METH_ANY, observed(app, refuse, path))
+    app.router.add_route(hdrs.METH_ANY, "/{path:.*}", observed(app, _refuse(NotFound), UNMATCHED))
 
 
 def observed(app: web.Application, handler: Handler, route: str) -> Handler:
@@ -109,9 +109,12 @@ def observed(app: web.Application, handler: Handler, route: str) -> Handler:
     return observe
 
 
-def _refuse(error: AuthError) -> Handler:
+def _refuse(error: Callable[[], AuthError]) -> Handler:
+    """A handler that raises a new `error()` each time (a raised exception keeps its
+    traceback: one instance raised again and again would hold every request's frames)."""
+
     async def refuse(request: web.Request) -> web.StreamResponse:
-        raise error
+        raise error()
 
     return refuse
 
