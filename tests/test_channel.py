@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -165,3 +166,19 @@ async def test_a_refused_setup_fails_the_batch_with_redis_s_error(
             await channel.send([("PING",)])
     finally:
         channel.close()
+
+
+async def test_a_failed_batch_leaves_no_unretrieved_errors_behind() -> None:
+    # The first connection hangs: the batch times out there and is answered on the second.
+    # Only its last reply is awaited; the others' errors must not be logged as never seen.
+    unhandled: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: unhandled.append(context))
+    async with _fake_redis(lambda n: None if n == 0 else b"+OK\r\n+OK\r\n") as (port, _):
+        channel = _channel(port)
+        try:
+            assert await channel.send([("PING",), ("PING",)]) == ["OK", "OK"]
+        finally:
+            channel.close()
+    gc.collect()
+    await asyncio.sleep(0)
+    assert unhandled == []

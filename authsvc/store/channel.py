@@ -51,12 +51,14 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, packed: bytes, count: int) -> list[asyncio.Future[Any]]:
         """Write `count` packed commands; a future for each reply."""
-        if self.lost is not None or self._transport is None:
+        transport = self._transport
+        # Closing: a failed write schedules connection_lost, and writes until then are lost.
+        if self.lost is not None or transport is None or transport.is_closing():
             raise RedisConnectionError(f"Redis connection lost: {self.lost!r}")
         loop = self._loop
         futures = [loop.create_future() for _ in range(count)]
         self._waiting.extend(futures)
-        self._transport.write(packed)
+        transport.write(packed)
         return futures
 
     def data_received(self, data: bytes) -> None:
@@ -87,6 +89,9 @@ class _Protocol(asyncio.Protocol):
             future = self._waiting.popleft()
             if not future.done():
                 future.set_exception(RedisConnectionError(f"Redis connection lost: {why!r}"))
+                # Marked as seen: a batch's sender awaits only its last reply, so the others'
+                # errors would each be logged as never retrieved, thousands a Redis hiccup.
+                future.exception()
 
 
 class Channel:
