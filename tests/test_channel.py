@@ -18,6 +18,20 @@ from authsvc.store.client import connect
 from tests.conftest import RedisServer
 
 
+async def send(channel: Channel, commands: list[tuple[object, ...]]) -> list[object]:
+    """The replies to `commands` sent as one batch, the errors Redis answered in place;
+    ConnectionError once the channel's retries are used up."""
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in commands]
+    channel.submit(commands, futures)
+    await asyncio.wait(futures)
+    replies = [f.exception() if f.exception() is not None else f.result() for f in futures]
+    for reply in replies:
+        if isinstance(reply, RedisConnectionError):
+            raise reply
+    return replies
+
+
 def _channel(port: int, *, setup: list[tuple[object, ...]] | None = None) -> Channel:
     async def address() -> tuple[str, int]:
         return "127.0.0.1", port
@@ -32,7 +46,7 @@ async def test_concurrent_batches_get_their_own_replies_in_order(
     try:
 
         async def batch(n: int) -> list[object]:
-            return await channel.send([("ECHO", f"{n}-{i}") for i in range(n % 7 + 1)])
+            return await send(channel, [("ECHO", f"{n}-{i}") for i in range(n % 7 + 1)])
 
         replies = await asyncio.gather(*(batch(n) for n in range(200)))
         assert replies == [[f"{n}-{i}" for i in range(n % 7 + 1)] for n in range(200)]
@@ -43,8 +57,8 @@ async def test_concurrent_batches_get_their_own_replies_in_order(
 async def test_an_error_reply_takes_its_own_place_only(redis_server: RedisServer) -> None:
     channel = _channel(redis_server.port)
     try:
-        replies = await channel.send(
-            [("ECHO", "a"), ("EVALSHA", "0" * 40, 0), ("INCRBY", "x", "y"), ("ECHO", "b")]
+        replies = await send(
+            channel, [("ECHO", "a"), ("EVALSHA", "0" * 40, 0), ("INCRBY", "x", "y"), ("ECHO", "b")]
         )
         assert replies[0] == "a"
         assert isinstance(replies[1], NoScriptError)
@@ -57,8 +71,8 @@ async def test_an_error_reply_takes_its_own_place_only(redis_server: RedisServer
 async def test_setup_selects_the_database_of_the_url(redis_server: RedisServer) -> None:
     channel = _channel(redis_server.port, setup=[("SELECT", 5), ("CLIENT", "SETNAME", "t")])
     try:
-        await channel.send([("SET", "channel-db-test", "5")])
-        assert await channel.send([("CLIENT", "GETNAME")]) == ["t"]
+        await send(channel, [("SET", "channel-db-test", "5")])
+        assert await send(channel, [("CLIENT", "GETNAME")]) == ["t"]
     finally:
         channel.close()
     plain = redis.Redis(port=redis_server.port, db=5)
@@ -74,10 +88,10 @@ async def test_a_killed_connection_is_replaced_and_the_batch_sent_again(
     channel = _channel(redis_server.port)
     admin = redis.Redis(port=redis_server.port)
     try:
-        await channel.send([("CLIENT", "SETNAME", "victim")])
+        await send(channel, [("CLIENT", "SETNAME", "victim")])
         killed = admin.client_kill_filter(_type="normal", skipme=True)
         assert killed >= 1
-        assert await channel.send([("ECHO", "again")]) == ["again"]
+        assert await send(channel, [("ECHO", "again")]) == ["again"]
     finally:
         channel.close()
         admin.close()
@@ -139,7 +153,7 @@ async def test_a_failing_connection_is_dropped_and_a_new_one_answers(first: byte
     async with _fake_redis(lambda n: first if n == 0 else b"+OK\r\n") as (port, connections):
         channel = _channel(port)
         try:
-            assert await channel.send([("SET", "k", "v")]) == ["OK"]
+            assert await send(channel, [("SET", "k", "v")]) == ["OK"]
         finally:
             channel.close()
         assert len(connections) == 2
@@ -151,7 +165,7 @@ async def test_a_server_that_never_answers_fails_with_connection_error_in_bounde
         try:
             async with asyncio.timeout(3):
                 with pytest.raises(RedisConnectionError):
-                    await channel.send([("PING",)])
+                    await send(channel, [("PING",)])
         finally:
             channel.close()
         assert len(connections) == 3  # the first try and two retries, each on a new connection
@@ -162,8 +176,9 @@ async def test_a_refused_setup_fails_the_batch_with_redis_s_error(
 ) -> None:
     channel = _channel(redis_server.port, setup=[("SELECT", 99)])  # no such database
     try:
-        with pytest.raises(ResponseError):
-            await channel.send([("PING",)])
+        (reply,) = await send(channel, [("PING",)])
+        assert type(reply) is ResponseError
+        assert "DB index" in str(reply)
     finally:
         channel.close()
 
@@ -176,9 +191,58 @@ async def test_a_failed_batch_leaves_no_unretrieved_errors_behind() -> None:
     async with _fake_redis(lambda n: None if n == 0 else b"+OK\r\n+OK\r\n") as (port, _):
         channel = _channel(port)
         try:
-            assert await channel.send([("PING",), ("PING",)]) == ["OK", "OK"]
+            assert await send(channel, [("PING",), ("PING",)]) == ["OK", "OK"]
         finally:
             channel.close()
     gc.collect()
     await asyncio.sleep(0)
     assert unhandled == []
+
+
+async def test_a_batch_cut_off_halfway_is_sent_again_and_each_reply_reaches_its_caller() -> None:
+    # The first connection answers the first command, then turns out to reach a demoted
+    # primary: the whole batch goes again, and only the unanswered caller takes the new reply.
+    first = b"$5\r\nfirst\r\n-READONLY You can't write against a read only replica.\r\n"
+    async with _fake_redis(lambda n: first if n == 0 else b"$5\r\nagain\r\n$6\r\nsecond\r\n") as (
+        port,
+        connections,
+    ):
+        channel = _channel(port)
+        try:
+            assert await send(channel, [("GET", "a"), ("SET", "b", "v")]) == ["first", "second"]
+        finally:
+            channel.close()
+        assert len(connections) == 2
+
+
+async def test_a_caller_that_gave_up_leaves_the_others_their_replies(
+    redis_server: RedisServer,
+) -> None:
+    channel = _channel(redis_server.port)
+    try:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(3)]
+        channel.submit([("ECHO", "a"), ("ECHO", "b"), ("ECHO", "c")], futures)
+        futures[1].cancel()
+        assert await futures[0] == "a"
+        assert await futures[2] == "c"
+        assert await send(channel, [("ECHO", "d")]) == ["d"]
+    finally:
+        channel.close()
+
+
+async def test_closing_fails_the_batches_in_flight_at_once() -> None:
+    arrived = asyncio.Event()
+
+    def never_answer(n: int) -> None:
+        arrived.set()
+
+    async with _fake_redis(never_answer) as (port, connections):
+        channel = _channel(port)
+        future = asyncio.get_running_loop().create_future()
+        channel.submit([("PING",)], [future])
+        await arrived.wait()
+        channel.close()
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(future, 0.1)  # not after the reply timeout and retries
+        assert len(connections) == 1

@@ -40,13 +40,13 @@ def _count_batches(client: BoundedRedis, monkeypatch: pytest.MonkeyPatch) -> lis
     sent: list[int] = []
     channel = client.channel
     assert channel is not None
-    send = channel.send
+    submit = channel.submit
 
-    async def counting(commands: Any) -> Any:
+    def counting(commands: Any, futures: Any) -> None:
         sent.append(len(commands))
-        return await send(commands)
+        submit(commands, futures)
 
-    monkeypatch.setattr(channel, "send", counting)
+    monkeypatch.setattr(channel, "submit", counting)
     return sent
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from typing import Any, TypeAlias
 
@@ -82,6 +81,9 @@ async def _take_turn(gate: asyncio.Semaphore) -> None:
         raise RedisConnectionError("No connection available.") from None
 
 
+_Call: TypeAlias = "tuple[tuple[Any, ...], asyncio.Future[Any]]"  # a command, its reply
+
+
 class BoundedRedis(aioredis.Redis):
     """redis-py's async client for one server, with two additions.
 
@@ -97,7 +99,8 @@ class BoundedRedis(aioredis.Redis):
       iteration, so a lone call goes out at once. A pipeline that meets a connection error
       is sent again whole by redis-py, which is safe because every script is idempotent.
       On a server reached over plain TCP (directly or through Sentinel) the batches travel
-      on a `Channel` of their own instead of redis-py's pipelines (see channel.py).
+      on a `Channel` of their own instead (see channel.py): one connection, outside the
+      pool's bound, where a batch costs no task and its replies go straight to the callers.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -214,11 +217,14 @@ class BoundedRedis(aioredis.Redis):
             loop = self._loop = asyncio.get_running_loop()
             loop.call_soon(self._send_batch)
         future: asyncio.Future[Any] = loop.create_future()
-        self._batch.append(_Call(sha, keys, args, future))
+        self._batch.append((("EVALSHA", sha, len(keys), *keys, *args), future))
         return future
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, []
+        if self.channel is not None:
+            self.channel.submit([command for command, _ in batch], [f for _, f in batch])
+            return
         assert self._loop is not None  # set with the batch's first call
         sender = self._loop.create_task(self._send(batch))
         self._senders.add(sender)  # a reference until done, so it is not collected
@@ -228,41 +234,28 @@ class BoundedRedis(aioredis.Redis):
         try:
             await _take_turn(self._gate)
             try:
-                if self.channel is not None:
-                    replies = await self.channel.send(
-                        [("EVALSHA", c.sha, len(c.keys), *c.keys, *c.args) for c in batch]
-                    )
-                else:
-                    pipe = self.pipeline(transaction=False)
-                    for call in batch:
-                        pipe.evalsha(call.sha, len(call.keys), *call.keys, *call.args)
-                    replies = await pipe.execute(raise_on_error=False)
+                pipe = self.pipeline(transaction=False)
+                for command, _ in batch:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
             finally:
                 self._gate.release()
         except Exception as exc:
-            for call in batch:
-                if not call.future.done():
-                    call.future.set_exception(exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
             return
         except BaseException:  # cancelled (shutdown): nobody gets an answer
-            for call in batch:
-                call.future.cancel()
+            for _, future in batch:
+                future.cancel()
             raise
-        for call, reply in zip(batch, replies, strict=True):
-            if call.future.done():  # its caller was cancelled
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # its caller was cancelled
                 continue
             if isinstance(reply, Exception):
-                call.future.set_exception(reply)
+                future.set_exception(reply)
             else:
-                call.future.set_result(reply)
-
-
-@dataclasses.dataclass(slots=True)
-class _Call:
-    sha: str
-    keys: list[str]
-    args: list[Any]
-    future: asyncio.Future[Any]
+                future.set_result(reply)
 
 
 class BoundedRedisCluster(RedisCluster):
