@@ -132,6 +132,11 @@ def create_app(
     app[KEYRING] = keyring or load_keyring(settings)
     app[CLIENTS] = load_clients(settings)
     app[STREAMS] = streams = RevocationStreams()
+    app[ACCESS_LOG] = AccessLog(
+        sys.stderr.buffer,
+        json=settings.log_format == "json",
+        enabled=logging.getLogger("authsvc.access").isEnabledFor(logging.INFO),
+    )
     app.on_shutdown.append(lambda _: _end_streams(streams))
     add_routes(app, routes, oauth_routes, admin_routes)
     app.cleanup_ctx.append(_access_log)
@@ -143,12 +148,7 @@ def create_app(
 
 
 async def _access_log(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    app[ACCESS_LOG] = access_log = AccessLog(
-        sys.stderr.buffer,
-        json=settings.log_format == "json",
-        enabled=logging.getLogger("authsvc.access").isEnabledFor(logging.INFO),
-    )
+    access_log = app[ACCESS_LOG]
     flusher = asyncio.create_task(
         _flush_every(ACCESS_LOG_FLUSH_EVERY, access_log.flush), name="authsvc.access_log"
     )
@@ -157,15 +157,12 @@ async def _access_log(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _metrics(app: web.Application) -> AsyncIterator[None]:
-    metrics = app[METRICS]
-    flusher = None
-    if metrics.shared:  # with several workers: request counts go to the shared files
-        flusher = asyncio.create_task(
-            _flush_every(METRICS_FLUSH_EVERY, metrics.flush), name="authsvc.metrics"
-        )
+    # Request counts are folded (with several workers: written to the shared files) here.
+    flusher = asyncio.create_task(
+        _flush_every(METRICS_FLUSH_EVERY, app[METRICS].flush), name="authsvc.metrics"
+    )
     yield
-    if flusher is not None:
-        await _stop(flusher)
+    await _stop(flusher)
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:

@@ -1,19 +1,23 @@
 """Prometheus metrics, one registry per app (tests run several apps in one process).
 
-Per-request counts and latencies are kept in plain dicts and handed to prometheus_client
-only when scraped: the labelled-metric path costs several microseconds a request, which the
-hot endpoints cannot afford. Domain events use ordinary prometheus_client counters.
+Per-request counts and latencies are recorded in plain lists, counted every FLUSH_EVERY
+seconds (Metrics.flush) and handed to prometheus_client only when scraped: the
+labelled-metric path costs several microseconds a request, which the hot endpoints cannot
+afford. Domain events use ordinary prometheus_client counters.
 
 With `--workers N` every worker writes its metrics to files in PROMETHEUS_MULTIPROC_DIR
 (prometheus_client's multiprocess mode), and a scrape of any worker reads all of them. The
-per-request numbers reach those files in bulk, every FLUSH_EVERY seconds and before a
-scrape, so the hot path stays a dict update."""
+per-request numbers reach those files in bulk, at every flush and before a scrape, so the
+hot path stays a list append."""
 
 from __future__ import annotations
 
 import bisect
+import collections
+import functools
+import operator
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -22,50 +26,51 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 FLUSH_EVERY = 1.0  # seconds: how far behind another worker's requests a scrape may be
-FOLD_AFTER = 1024  # requests counted in a batch at most (see RequestStats)
 
 
 class RequestStats(Collector):
     """HTTP requests by route and status, and latency by route.
 
-    A request appends one tuple; they are folded into the counts in batches (at a scrape, a
-    flush, or every FOLD_AFTER requests): per request, under load, the folding cost several
-    times what the same work costs in one loop."""
+    Each route's requests are recorded by its own `recorder`: one C call a request, which
+    appends (status, seconds) to the route's list. The lists are folded into the counts in
+    bulk, by C-level counters, at a scrape and at every flush (see Metrics.flush): one by one,
+    under load, the counting cost several times as much."""
 
     def __init__(self) -> None:
-        self._pending: list[tuple[str, int, float]] = []
+        self._pending: dict[str, list[tuple[int, float]]] = {}
         self._counts: dict[tuple[str, int], int] = {}
         # route -> [count per bucket ..., count above the last bucket, sum of seconds]
         self._latency: dict[str, list[float]] = {}
 
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        """Count one request."""
-        pending = self._pending
-        pending.append((route, status, seconds))
-        if len(pending) >= FOLD_AFTER:
-            self._fold()
+    def recorder(self, route: str) -> Callable[[tuple[int, float]], None]:
+        """What counts a request of `route`: `record((status, seconds))`."""
+        return self._pending.setdefault(route, []).append
 
-    def _fold(self) -> None:
-        pending, self._pending = self._pending, []
+    def fold(self) -> None:
         counts, latency = self._counts, self._latency
-        for route, status, seconds in pending:
-            key = (route, status)
-            counts[key] = counts.get(key, 0) + 1
+        for route, pending in self._pending.items():
+            if not pending:
+                continue
+            records = pending.copy()
+            pending.clear()  # in place: the route's recorder appends to this list
+            for status, count in collections.Counter(map(_status, records)).items():
+                counts[route, status] = counts.get((route, status), 0) + count
             row = latency.get(route)
             if row is None:
                 row = latency[route] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-            row[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            row[-1] += seconds
+            for bucket, count in collections.Counter(map(_bucket, map(_seconds, records))).items():
+                row[bucket] += count
+            row[-1] += sum(map(_seconds, records))
 
     def drain(self) -> tuple[dict[tuple[str, int], int], dict[str, list[float]]]:
         """What was counted since the last drain (and forget it)."""
-        self._fold()
+        self.fold()
         counts, latency = self._counts, self._latency
         self._counts, self._latency = {}, {}
         return counts, latency
 
     def collect(self) -> Iterator[Metric]:
-        self._fold()
+        self.fold()
         requests = CounterMetricFamily(
             "authsvc_http_requests",
             "HTTP requests by route and status.",
@@ -86,6 +91,11 @@ class RequestStats(Collector):
                 buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
             latency.add_metric([route], buckets, row[-1])
         yield latency
+
+
+_status = operator.itemgetter(0)
+_seconds = operator.itemgetter(1)
+_bucket = functools.partial(bisect.bisect_left, LATENCY_BUCKETS)
 
 
 class SharedRequestStats:
@@ -189,6 +199,9 @@ class Metrics:
         )
 
     def flush(self) -> None:
-        """In multiprocess mode, write this worker's request counts out for scrapes."""
+        """Count the requests recorded since the last flush; in multiprocess mode, write
+        this worker's counts out for scrapes."""
         if self._shared_http is not None:
             self._shared_http.flush()
+        else:
+            self.http.fold()

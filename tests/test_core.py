@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import json
 import re
+import time
 import traceback
 
 import pytest
@@ -151,8 +153,9 @@ async def test_request_id_is_kept_when_sane_and_generated_otherwise(client: Clie
 def test_access_log_writes_one_json_line_per_request_in_batches() -> None:
     stream = io.BytesIO()
     access_log = AccessLog(stream, json=True, enabled=True)
-    access_log.write("req-1", "GET", "/v1/me", 200, 0.000123)
-    access_log.write("req-2", "POST", "/v1/auth/login", 401, 0.25)
+    an_hour_ago = time.perf_counter() - 3600
+    access_log.record((an_hour_ago, 0.000123, "req-1", "GET", "/v1/me", 200))
+    access_log.record((time.perf_counter(), 0.25, "req-2", "POST", "/v1/auth/login", 401))
     assert stream.getvalue() == b""
     access_log.flush()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -169,6 +172,8 @@ def test_access_log_writes_one_json_line_per_request_in_batches() -> None:
         "duration_ms": 250.0,
     }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", lines[0]["ts"])
+    logged = datetime.datetime.fromisoformat(lines[0]["ts"]).timestamp()
+    assert abs(logged - (time.time() - 3600)) < 5  # when the request ended, on the wall clock
 
 
 async def test_metrics_count_requests_by_route_and_outcomes(client: Client) -> None:

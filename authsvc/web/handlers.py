@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from authsvc.domain.errors import InvalidToken, Unavailable
@@ -26,7 +26,7 @@ _OPENAPI = resources.files("authsvc.web").joinpath("openapi.json").read_bytes()
 
 
 async def _principal(request: web.Request, *, ended_by: str = "") -> Principal:
-    headers = request.headers.getall("Authorization", ())
+    headers = request.headers.getall(hdrs.AUTHORIZATION, ())
     if not headers:
         raise InvalidToken("Bearer token required", presented=False)
     if len(headers) > 1:  # which one a proxy or client meant is not ours to guess

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
+from multidict import istr
 from redis.exceptions import RedisError
 
 from authsvc.domain.errors import (
@@ -37,6 +38,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # than a UUID per request).
 _ID_PREFIX = secrets.token_hex(8)
 _sequence = itertools.count()
+X_REQUEST_ID = istr("X-Request-Id")  # istr: a header name not case-folded on each use
 UNMATCHED = "unmatched"  # the route name of requests for paths authsvc does not serve
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -69,11 +71,13 @@ def observed(app: web.Application, handler: Handler, route: str) -> Handler:
     """`handler` answering every failure with the contract's JSON error, measured and
     logged as `route`."""
     metrics = app[METRICS]
-    stats = metrics.http
+    count_request = metrics.http.recorder(route)
+    access_log = app[ACCESS_LOG]
+    log_request = access_log.record if access_log.enabled else None
 
     async def observe(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        request_id = request.headers.get("X-Request-Id")
+        request_id = request.headers.get(X_REQUEST_ID)
         if request_id is None or not _REQUEST_ID.fullmatch(request_id):
             request_id = f"{_ID_PREFIX}{next(_sequence):08x}"
         try:
@@ -95,15 +99,14 @@ def observed(app: web.Application, handler: Handler, route: str) -> Handler:
             response = error_response(AuthError())
         if not response.prepared:  # a stream has sent its headers (see oauth.revocations)
             headers = response.headers
-            headers["X-Request-Id"] = request_id
+            headers[X_REQUEST_ID] = request_id
             # Not aiohttp's, which names its own and Python's versions.
-            headers["Server"] = "authsvc"
+            headers[hdrs.SERVER] = "authsvc"
         elapsed = time.perf_counter() - started
         status = response.status
-        stats.observe(route, status, elapsed)
-        access_log = request.app[ACCESS_LOG]
-        if access_log.enabled:
-            access_log.write(request_id, request.method, route, status, elapsed)
+        count_request((status, elapsed))
+        if log_request is not None:
+            log_request((started, elapsed, request_id, request.method, route, status))
         return response
 
     return observe
