@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from importlib import resources
 
 from aiohttp import hdrs, web
@@ -25,7 +26,9 @@ routes = web.RouteTableDef()
 _OPENAPI = resources.files("authsvc.web").joinpath("openapi.json").read_bytes()
 
 
-async def _principal(request: web.Request, *, ended_by: str = "") -> Principal:
+def _principal(request: web.Request, *, ended_by: str = "") -> Awaitable[Principal]:
+    # Not a coroutine itself: a malformed header fails here, a token is checked by the
+    # service's coroutine, one layer less for every authenticated request to go through.
     headers = request.headers.getall(hdrs.AUTHORIZATION, ())
     if not headers:
         raise InvalidToken("Bearer token required", presented=False)
@@ -34,7 +37,7 @@ async def _principal(request: web.Request, *, ended_by: str = "") -> Principal:
     scheme, _, token = headers[0].partition(" ")
     if scheme.lower() != "bearer" or not token or len(token) > MAX_ACCESS_TOKEN_LENGTH:
         raise InvalidToken("malformed Authorization header")
-    return await request.app[SERVICE].authenticate(token.strip(), ended_by=ended_by)
+    return request.app[SERVICE].authenticate(token.strip(), ended_by=ended_by)
 
 
 def _tokens(tokens: TokenSet) -> web.Response:
