@@ -74,6 +74,9 @@ class Rotation(enum.Enum):
     REUSED = 2
 
 
+_ROTATIONS = {rotation.value: rotation for rotation in Rotation}
+
+
 class RotateResult(NamedTuple):
     """A rotation's outcome; the other fields are set when ROTATED (times: Redis's, ms)."""
 
@@ -191,9 +194,9 @@ class SessionStore:
                 addresses.pack(ip) if k.bell else "",
             ],
         )
-        outcome = Rotation(int(reply[0]))
+        outcome = _ROTATIONS[reply[0]]  # a dict: Rotation(n) costs ten times as much
         if outcome is Rotation.ROTATED:
-            generation, created, used, now = (int(value) for value in reply[1:5])
+            generation, created, used, now = map(int, reply[1:5])
             return RotateResult(outcome, generation, created, used, now)
         if outcome is Rotation.UNKNOWN:
             return RotateResult(outcome, reason=str(reply[1]) or "expired")
