@@ -2,8 +2,10 @@
 cost and in batches. A request only appends a tuple (`record`, one C call); the lines are
 formatted and written together every FLUSH_EVERY seconds and at shutdown. (Measured under
 load: formatting each line as its request ends cost about 5 µs a request, a tenth of a
-`GET /v1/me`; formatting a batch in one loop costs a fraction of it.) Same shape as every
-other log line: JSON with ts, level, logger, msg and fields."""
+`GET /v1/me`; formatting a batch in one loop costs a fraction of it. The flushes come often
+enough to stay short: every 0.2 s they held the loop for about 6 ms at 20,000 requests a
+second, and `/v1/me`'s p99 rose from 2.1 to 6.8 ms.) Same shape as every other log line:
+JSON with ts, level, logger, msg and fields."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-FLUSH_EVERY = 0.2  # seconds
+FLUSH_EVERY = 0.05  # seconds: about 1,000 lines a flush at 20,000 requests/s, 1-2 ms
 
 # perf_counter() at the start, seconds taken, request id, method, route, status
 Record = tuple[float, float, str, str, str, int]
