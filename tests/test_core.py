@@ -14,6 +14,7 @@ import pytest
 
 from authsvc.domain.clock import Clock
 from authsvc.domain.errors import NotFound
+from authsvc.metrics import RequestStats
 from authsvc.settings import Settings
 from authsvc.web.access_log import AccessLog
 from authsvc.web.observe import _refuse
@@ -203,3 +204,37 @@ async def test_every_refusal_raises_an_error_of_its_own() -> None:
     assert len({id(error) for error in raised}) == 3
     depths = {len(traceback.extract_tb(error.__traceback__)) for error in raised}
     assert len(depths) == 1
+
+
+def test_request_stats_count_every_record_once_across_folds() -> None:
+    stats = RequestStats()
+    me, login = stats.recorder("/v1/me"), stats.recorder("/v1/auth/login")
+    for seconds in (0.0005, 0.002, 0.002, 3.0):
+        me((200, seconds))
+    login((401, 0.3))
+    stats.fold()
+    me((401, 0.0001))
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in stats.collect()
+        for s in family.samples
+    }
+
+    def sample(name: str, **labels: str) -> float:
+        return samples[name, tuple(sorted(labels.items()))]
+
+    assert sample("authsvc_http_requests_total", route="/v1/me", status="200") == 4
+    assert sample("authsvc_http_requests_total", route="/v1/me", status="401") == 1
+    assert sample("authsvc_http_requests_total", route="/v1/auth/login", status="401") == 1
+    bucket = "authsvc_http_request_duration_seconds_bucket"
+    assert sample(bucket, route="/v1/me", le="0.001") == 2  # cumulative: 0.0005, 0.0001
+    assert sample(bucket, route="/v1/me", le="0.0025") == 4
+    assert sample(bucket, route="/v1/me", le="2.5") == 4
+    assert sample(bucket, route="/v1/me", le="+Inf") == 5
+    assert sample(bucket, route="/v1/auth/login", le="0.25") == 0
+    assert sample(bucket, route="/v1/auth/login", le="0.5") == 1
+    total = sample("authsvc_http_request_duration_seconds_sum", route="/v1/me")
+    assert abs(total - 3.0046) < 1e-9
+    stats.fold()  # nothing new: nothing counted twice
+    again = [s for family in stats.collect() for s in family.samples if s.labels.get("status")]
+    assert sum(s.value for s in again) == 6

@@ -2,10 +2,11 @@
 
 A wrapper added with each route, not an aiohttp middleware: aiohttp's middleware chain
 costs about 2 µs a request (measured in the benchmark's `GET /v1/me`, whose whole budget is
-about 45), and each wrapper knows its route's name and the app's metrics without a lookup.
-Requests that match no route reach routes of their own: every path has a route for methods
-it does not serve (JSON 405 with Allow), and a last route takes every other path (JSON 404).
-(Only the request target `*` of `OPTIONS *` matches no path: it gets aiohttp's plain 404.)"""
+about 45), and each wrapper holds its route's recorders for the metrics and the access log:
+no lookup per request. Requests that match no route reach routes of their own: every path has
+a route for methods it does not serve (JSON 405 with Allow), and a last route takes every
+other path (JSON 404). (Only the request target `*` of `OPTIONS *` matches no path: it gets
+aiohttp's plain 404.)"""
 
 from __future__ import annotations
 
