@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 
 from authsvc.store.channel import Channel
 from authsvc.store.client import connect
@@ -246,3 +246,61 @@ async def test_closing_fails_the_batches_in_flight_at_once() -> None:
         with pytest.raises(RedisConnectionError):
             await asyncio.wait_for(future, 0.1)  # not after the reply timeout and retries
         assert len(connections) == 1
+
+
+async def test_a_connection_that_answers_slowly_is_kept() -> None:
+    # Five replies 0.1 s apart: the batch takes longer than the reply timeout (0.3 s), but the
+    # connection is never silent that long, so nothing is dropped and nothing sent again.
+    writers: list[asyncio.StreamWriter] = []
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read(65536)
+        for i in range(5):
+            await asyncio.sleep(0.1)
+            writer.write(f"+r{i}\r\n".encode())
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    channel = _channel(server.sockets[0].getsockname()[1])
+    try:
+        replies = await send(channel, [("PING",)] * 5)
+        assert replies == [f"r{i}" for i in range(5)]
+        assert len(writers) == 1  # one connection
+    finally:
+        channel.close()
+        server.close()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def test_a_reply_that_is_not_utf8_is_its_caller_s_error_only(
+    redis_server: RedisServer,
+) -> None:
+    plain = redis.Redis(port=redis_server.port)
+    plain.set("channel-binary", b"\xff\xfe")
+    channel = _channel(redis_server.port)
+    try:
+        (before,) = await send(channel, [("CLIENT", "ID")])
+        replies = await send(channel, [("GET", "channel-binary"), ("ECHO", "fine")])
+        assert isinstance(replies[0], UnicodeDecodeError)
+        assert replies[1] == "fine"
+        assert await send(channel, [("CLIENT", "ID")]) == [before]  # the same connection
+    finally:
+        channel.close()
+        plain.close()
+
+
+async def test_a_command_that_cannot_be_packed_fails_its_batch_at_once(
+    redis_server: RedisServer,
+) -> None:
+    channel = _channel(redis_server.port)
+    try:
+        replies = await send(channel, [("SET", "k", None), ("ECHO", "unsent")])
+        assert all(isinstance(reply, DataError) for reply in replies)
+        assert await send(channel, [("ECHO", "next")]) == ["next"]
+        channel.submit([], [])  # nothing to send, nothing to wait for
+        assert await send(channel, [("ECHO", "after")]) == ["after"]
+    finally:
+        channel.close()

@@ -5,17 +5,19 @@ task and a timer to bound the write (`asyncio.wait_for`), and a timer and severa
 layers for every reply. Here a batch of commands is packed by hiredis and written at once,
 with no task and no timer of its own, and the protocol hands each reply straight to its
 caller's future as it arrives: Redis answers the commands of one connection in the order
-they were sent, so replies are matched by order. One watchdog timer per connection bounds
-the wait for the oldest batch. (Measured under the benchmark's refresh load: 153 -> 138 µs
-of the service's CPU per refresh against a coroutine sending each batch and awaiting it.)
+they were sent, so replies are matched by order. One watchdog timer per connection drops it
+when batches have waited a whole reply timeout without a reply arriving (a connection that
+is slow but answering is kept, as redis-py's per-read timeout keeps it). (Measured under
+the benchmark's refresh load: 153 -> 138 µs of the service's CPU per refresh against a
+coroutine sending each batch and awaiting it.)
 
 Failures keep the client's semantics. A connection that breaks, times out or reaches a
 primary that has been demoted (READONLY) is dropped, and every batch still unanswered on it
 is sent again (after RETRY_PAUSES) on a new connection, which looks up the primary again
 (through Sentinel, where there is one); after the last retry its callers get
 ConnectionError. That is safe because every script is idempotent (see the script headers).
-An error Redis answers (NoScriptError, ResponseError, ...: redis-py's classes) is that
-command's caller's alone."""
+An error Redis answers (NoScriptError, ResponseError, ...: redis-py's classes), a reply that
+is not UTF-8 and a command that cannot be packed are their callers' alone."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from typing import Any, cast
 import hiredis
 from redis._parsers import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import DataError, ReadOnlyError, ResponseError
 
 # Pauses (seconds) before sending a failed batch again: as many retries as redis-py's
 # client does with the same errors (store.client._retry).
@@ -63,6 +65,7 @@ class _Protocol(asyncio.Protocol):
         self._reply_timeout = reply_timeout
         self._batches: collections.deque[_Batch] = collections.deque()  # unanswered, in order
         self._answered = 0  # replies received of the oldest batch
+        self._heard = 0.0  # loop time of the latest data received
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._watchdog: asyncio.TimerHandle | None = None
@@ -85,11 +88,18 @@ class _Protocol(asyncio.Protocol):
             self._watchdog = self._loop.call_at(now + self._reply_timeout, self._watch)
 
     def data_received(self, data: bytes) -> None:
+        self._heard = self._loop.time()
         reader = self._reader
         reader.feed(data)
         batches = self._batches
         try:
-            while (reply := reader.gets()) is not False:
+            while True:
+                try:
+                    reply = reader.gets()
+                except UnicodeDecodeError as undecodable:  # consumed: that caller's error
+                    reply = undecodable
+                if reply is False:
+                    break
                 if isinstance(reply, ReadOnlyError):  # this batch goes to the new primary
                     self.close(RedisConnectionError("the primary has been demoted (READONLY)"))
                     return
@@ -112,7 +122,8 @@ class _Protocol(asyncio.Protocol):
         self._watchdog = None
         if not self._batches:
             return
-        deadline = self._batches[0].sent + self._reply_timeout
+        # Waiting since the oldest batch was sent, or since the latest reply if later.
+        deadline = max(self._batches[0].sent, self._heard) + self._reply_timeout
         if self._loop.time() >= deadline:
             self.close(TimeoutError(f"no reply from Redis within {self._reply_timeout} s"))
         else:
@@ -170,15 +181,20 @@ class Channel:
     ) -> None:
         """Send `commands` together. Each future gets its command's reply, or the error
         Redis answered (a ResponseError), or ConnectionError once the retries are used up."""
-        packed = b"".join([hiredis.pack_command(command) for command in commands])
-        self._send(_Batch(packed, futures, tries=0))
+        try:
+            packed = b"".join([hiredis.pack_command(command) for command in commands])
+        except Exception as exc:  # an argument hiredis cannot send (None, a dict, ...)
+            _fail(futures, DataError(f"cannot send: {exc!r}"))
+            return
+        if commands:  # an empty batch has no reply to wait for
+            self._send(_Batch(packed, futures, tries=0))
 
     def _send(self, batch: _Batch) -> None:
         protocol = self._protocol
         if protocol is not None and protocol.broken is None:
             protocol.send(batch)
         elif self._closed:
-            _fail_batch(batch, RedisConnectionError("the channel is closed"))
+            _fail(batch.futures, RedisConnectionError("the channel is closed"))
         else:
             self._waiting.append(batch)
             if self._connecting is None:
@@ -192,7 +208,7 @@ class Channel:
             if all(future.done() for future in batch.futures):  # nobody waits any more
                 continue
             if self._closed or batch.tries == len(RETRY_PAUSES):
-                _fail_batch(batch, RedisConnectionError(f"Redis connection lost: {why!r}"))
+                _fail(batch.futures, RedisConnectionError(f"Redis connection lost: {why!r}"))
             else:
                 loop.call_later(RETRY_PAUSES[batch.tries], self._send, batch)
                 batch.tries += 1
@@ -224,7 +240,7 @@ class Channel:
         # Not a connection's failure: the setup was refused (AUTH, SELECT), or a bug.
         error = why if isinstance(why, ResponseError) else RedisConnectionError(f"Redis: {why!r}")
         for batch in waiting:
-            _fail_batch(batch, error)
+            _fail(batch.futures, error)
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -261,8 +277,8 @@ class Channel:
         self.drop("the channel is closed")
 
 
-def _fail_batch(batch: _Batch, error: Exception) -> None:
-    for future in batch.futures:
+def _fail(futures: list[asyncio.Future[Any]], error: Exception) -> None:
+    for future in futures:
         if not future.done():
             # An exception of its own each: one raised by several callers would gather
             # all their tracebacks.
